@@ -1,0 +1,1 @@
+"""Experiment configs: `default.py` lists every key; the others override it."""

@@ -1,0 +1,2 @@
+"""Data sources."""
+from meanflow_jax.data.points import DataError, PointSource, check_points, load_points, mixture

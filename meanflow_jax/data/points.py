@@ -1,0 +1,86 @@
+"""Vector data `[N, D]`: the built-in mixtures and user arrays in `.npy` files."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from meanflow_jax import analytic
+from meanflow_jax.errors import DataError
+
+
+MIXTURES = {
+    "ring8": lambda: analytic.ring_mixture(num_modes=8, radius=2.0, std=0.2),
+}
+
+
+def mixture(name):
+  """The built-in mixture called `name` (an `analytic.GaussianMixture`)."""
+  if name not in MIXTURES:
+    raise DataError(f"unknown built-in mixture {name!r}; available: {sorted(MIXTURES)}.")
+  return MIXTURES[name]()
+
+
+def check_points(x, source="data"):
+  """Validates a point cloud: float-like, rank 2 `[N, D]`, N >= 1, all finite."""
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise DataError(f"{source}: expected a float array of rank 2 [N, D]; got shape "
+                    f"{x.shape} (rank {x.ndim}).")
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise DataError(f"{source}: expected numbers; got dtype {x.dtype}.")
+  if x.shape[0] < 1 or x.shape[1] < 1:
+    raise DataError(f"{source}: empty array of shape {x.shape}.")
+  bad = ~np.isfinite(x)
+  if bad.any():
+    rows = np.unique(np.nonzero(bad)[0])
+    raise DataError(f"{source}: {bad.sum()} non-finite values (NaN or inf) in "
+                    f"{rows.size} rows, first rows {rows[:5].tolist()}.")
+  return x.astype(np.float32)
+
+
+def load_points(path):
+  """Loads and validates a `.npy` float array `[N, D]`."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file.")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise DataError(f"{path}: not a plain .npy array ({e}).") from e
+  if not isinstance(x, np.ndarray):
+    raise DataError(f"{path}: expected a single array in a .npy file.")
+  return check_points(x, source=path)
+
+
+class PointSource:
+  """Batches `[B, D]` that depend only on (seed, step), so resumed runs see the same data.
+
+  Either samples a built-in mixture afresh each step, or draws rows of a fixed
+  array with replacement.
+  """
+
+  def __init__(self, *, batch_size, seed, path="", mixture_name="ring8"):
+    self.batch_size = int(batch_size)
+    self.key = jax.random.key(seed)
+    if path:
+      self.points = jnp.asarray(load_points(path))
+      self.mixture = None
+    else:
+      self.points = None
+      self.mixture = mixture(mixture_name)
+    self._batch = jax.jit(self._make_batch)
+
+  @property
+  def dim(self):
+    return self.points.shape[1] if self.points is not None else self.mixture.dim
+
+  def _make_batch(self, step):
+    key = jax.random.fold_in(self.key, step)
+    if self.points is None:
+      return self.mixture.sample(key, self.batch_size)[0]
+    idx = jax.random.randint(key, (self.batch_size,), 0, self.points.shape[0])
+    return self.points[idx]
+
+  def batch(self, step):
+    """The batch of training step `step`, `[B, D]`."""
+    return self._batch(jnp.asarray(step, jnp.uint32))

@@ -1,0 +1,21 @@
+"""Errors a user can act on; scripts print them as one line instead of a traceback."""
+
+
+class MeanFlowError(Exception):
+  """Base of the errors caused by input (data, config, checkpoints, flags)."""
+
+
+class DataError(MeanFlowError, ValueError):
+  """Data that cannot be trained on, with the reason and the file."""
+
+
+class ConfigError(MeanFlowError, ValueError):
+  """A config key or value that does not exist or does not fit."""
+
+
+class CheckpointMismatchError(MeanFlowError, ValueError):
+  """A checkpoint that does not fit the config it is restored for."""
+
+
+class NonFiniteError(MeanFlowError, FloatingPointError):
+  """Training produced a non-finite loss or gradient."""

@@ -1,0 +1,2 @@
+"""Quality metrics."""
+from meanflow_jax.metrics import toy

@@ -1,0 +1,31 @@
+"""Embeddings shared by the networks."""
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
+  """[sin, cos](scale * t * w_k), w_k = max_period^(-k / (dim/2)); t `[B]` -> `[B, dim]`.
+
+  `scale` stretches t in [0, 1] over many periods of the fastest frequency, so
+  that nearby times (and small gaps t - r) stay distinguishable.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  t = t.astype(jnp.promote_types(t.dtype, jnp.float32))  # keep f64 in tests, lift bf16
+  angles = scale * t[:, None] * freqs[None].astype(t.dtype)
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class TimeEmbedding(nn.Module):
+  """Sinusoidal features of a time, then a two-layer MLP: `[B]` -> `[B, features]`."""
+  features: int
+  freq_dim: int = 256
+  scale: float = 1000.0
+
+  @nn.compact
+  def __call__(self, t):
+    h = sinusoidal_embedding(t, self.freq_dim, self.scale)
+    h = nn.silu(nn.Dense(self.features, name="fc1")(h))
+    return nn.Dense(self.features, name="fc2")(h)

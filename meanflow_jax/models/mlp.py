@@ -1,0 +1,46 @@
+"""A residual MLP for low-dimensional data, conditioned on (t, t - r) and a label."""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from meanflow_jax.models.embeddings import TimeEmbedding
+
+
+class MLP(nn.Module):
+  """u_theta(z, r, t | y) for vector data `[B, D]`.
+
+  Both times enter through sinusoidal embeddings (the paper's best conditioning is
+  on (t, t - r)); their sum modulates each residual block with a scale and a shift.
+
+  Attributes:
+    width: hidden width.
+    depth: number of residual blocks.
+    time_dim: width of the time embeddings.
+    time_scale: multiplier of t before the sinusoids.
+    num_classes: 0 for an unconditional model; else labels in [0, num_classes),
+      and the label `num_classes` is the null class.
+  """
+  width: int = 256
+  depth: int = 4
+  time_dim: int = 128
+  time_scale: float = 1000.0
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z, r, t, y=None, *, train=False):
+    """z `[B, D]`, r `[B]`, t `[B]`, y int `[B]` or None -> u `[B, D]`."""
+    c = TimeEmbedding(self.width, self.time_dim, self.time_scale, name="t_embed")(t)
+    c = c + TimeEmbedding(self.width, self.time_dim, self.time_scale, name="h_embed")(t - r)
+    if self.num_classes:
+      if y is None:
+        y = jnp.full(z.shape[:1], self.num_classes, jnp.int32)  # null class
+      c = c + nn.Embed(self.num_classes + 1, self.width, name="y_embed")(y)
+    c = nn.silu(c)
+    h = nn.Dense(self.width, name="in")(z)
+    for i in range(self.depth):
+      scale, shift = jnp.split(nn.Dense(2 * self.width, name=f"mod{i}")(c), 2, axis=-1)
+      a = nn.LayerNorm(use_scale=False, use_bias=False, name=f"norm{i}")(h)
+      a = nn.silu(a * (1 + scale) + shift)
+      a = nn.silu(nn.Dense(self.width, name=f"fc{i}a")(a))
+      h = h + nn.Dense(self.width, name=f"fc{i}b")(a)
+    h = nn.silu(nn.LayerNorm(name="out_norm")(h))
+    return nn.Dense(z.shape[-1], name="out", kernel_init=nn.initializers.zeros)(h)
