@@ -19,3 +19,7 @@ class CheckpointMismatchError(MeanFlowError, ValueError):
 
 class NonFiniteError(MeanFlowError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
+
+
+class RunNotFoundError(MeanFlowError, FileNotFoundError):
+  """A run directory without the checkpoints asked for."""

@@ -53,3 +53,11 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params="ema", method=None
     row.update(toy.toy_report(mixture, x, exact, key_metrics))
     rows.append(row)
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
+
+
+def markdown_table(rows, columns):
+  """A Markdown table of `rows` (dicts) with the given columns; floats to 4 decimals."""
+  fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)

@@ -44,3 +44,28 @@ def scatter(panels, path, log_prob=None, lim=None, ncols=None):
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def metrics_vs_nfe(rows, metrics, path, thresholds=None):
+  """One panel per metric: value against NFE (log axis), a line per method.
+
+  Args:
+    rows: dicts with "method", "nfe" and each metric.
+    metrics: metric names to plot.
+    thresholds: optional {metric: value} drawn as a dashed line.
+  """
+  thresholds = thresholds or {}
+  fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  for ax, m in zip(axes[0], metrics):
+    for i, method in enumerate(methods):
+      rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["nfe"])
+      ax.plot([r["nfe"] for r in rs], [r[m] for r in rs], "o-", color=f"C{i}", label=method)
+    if m in thresholds:
+      ax.axhline(thresholds[m], color="0.5", ls="--", lw=1)
+    ax.set(xscale="log", xlabel="NFE", title=m)
+  axes[0, 0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

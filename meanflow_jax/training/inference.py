@@ -6,6 +6,7 @@ import jax
 import ml_collections
 
 from meanflow_jax import sampling
+from meanflow_jax.errors import RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import loop
 from meanflow_jax.training import train_state as ts
@@ -19,12 +20,12 @@ def load_run(workdir, params="ema", step=None):
   """
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{workdir}: no checkpoints/ folder; train there first.")
+    raise RunNotFoundError(f"{workdir}: no checkpoints/ folder; train there first.")
   ckpt = ckpt_lib.Checkpointer(directory)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{directory}: no checkpoint saved yet.")
+      raise RunNotFoundError(f"{directory}: no checkpoint saved yet.")
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
     model = ts.build_model(config)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
