@@ -33,6 +33,6 @@ def run(main):
       return main(argv)
     except MeanFlowError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      sys.exit(getattr(e, "exit_code", 2))
 
   app.run(guarded, flags_parser=_parse_flags)

@@ -23,3 +23,11 @@ class NonFiniteError(MeanFlowError, FloatingPointError):
 
 class RunNotFoundError(MeanFlowError, FileNotFoundError):
   """A run directory without the checkpoints asked for."""
+
+
+class Interrupted(MeanFlowError):
+  """Training stopped by a signal after saving a checkpoint; rerun to resume."""
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.exit_code = 128 + signum

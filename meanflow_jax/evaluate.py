@@ -5,15 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from meanflow_jax import paths
 from meanflow_jax.data import points
 from meanflow_jax.metrics import toy
 from meanflow_jax.training import inference
-
-
-def noise(key, num, shape):
-  """`[num, *shape]` standard normal noise; sample i uses only `fold_in(key, i)`."""
-  draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), shape)
-  return jax.vmap(draw)(jnp.arange(num))
 
 
 class ToyEvaluation(NamedTuple):
@@ -23,7 +18,7 @@ class ToyEvaluation(NamedTuple):
   mixture: object  # the analytic.GaussianMixture the run trained on
 
 
-def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params="ema", method=None,
+def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
                  flow_steps=256, batch=10_000):
   """Exact metrics of a run trained on a built-in mixture, at each NFE in `nfes`.
 
@@ -33,13 +28,14 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params="ema", method=None
   Returns:
     a `ToyEvaluation`.
   """
-  config, model, p = inference.load_run(workdir, params=params)
+  config, model, p, _ = inference.load_run(workdir, params=params)
   if config.data.path:
     raise ValueError(f"{workdir} trained on {config.data.path}; exact metrics need a "
                      "built-in mixture (data.path = '').")
   mixture = points.mixture(config.data.mixture)
-  key_noise, key_metrics = jax.random.split(jax.random.key(seed))
-  eps = noise(key_noise, num, (mixture.dim,))
+  key_noise, key_reference = jax.random.split(jax.random.key(seed))
+  reference = toy.make_reference(mixture, key_reference, num)
+  eps = paths.sample_noise(key_noise, num, (mixture.dim,))
   flow = jax.jit(lambda e: mixture.flow_map(e, 1.0, 0.0, flow_steps))
   exact = jnp.concatenate([flow(eps[i:i + batch]) for i in range(0, num, batch)])
   sampler = inference.make_sampler(config, model, p, method=method)
@@ -50,7 +46,7 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params="ema", method=None
     row = {"objective": config.objective, "nfe": int(k),
            "method": "meanflow" if config.objective == "meanflow" else (
                method or config.sample.method)}
-    row.update(toy.toy_report(mixture, x, exact, key_metrics))
+    row.update(toy.toy_report(mixture, x, exact, reference))
     rows.append(row)
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
 

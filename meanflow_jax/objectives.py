@@ -54,12 +54,13 @@ def _weighted_loss(pred, target, p, c):
   return jnp.mean(w * err), metrics
 
 
-def meanflow_loss(u_fn, x, eps, t, r, *, v=None, p=1.0, c=1e-3):
+def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3):
   """MeanFlow loss  E[ w * ||u_theta(z_t, r, t) - u_tgt||^2 ],  w = sg(1/(err + c)^p).
 
   Args:
     u_fn: `u_fn(z, r, t) -> u`, shapes as in `meanflow_target`.
-    x: data `[B, ...]`; eps: noise like `x`; t, r: times `[B]` with r <= t.
+    x: data `[B, ...]`; eps: noise like `x`.
+    t, r: times `[B]` with r <= t (keyword-only: `u_fn` takes them as (r, t)).
     v: the velocity used in the target; defaults to v_t = eps - x (pass the
       guided velocity from `guided_velocity` for CFG training).
     p, c: adaptive-weight power and offset (p = 0: plain squared error).
@@ -76,7 +77,7 @@ def meanflow_loss(u_fn, x, eps, t, r, *, v=None, p=1.0, c=1e-3):
   return loss, metrics
 
 
-def flow_matching_loss(v_fn, x, eps, t, *, v=None, p=0.0, c=1e-3):
+def flow_matching_loss(v_fn, x, eps, *, t, v=None, p=0.0, c=1e-3):
   """Flow-matching loss  E[ w * ||v_theta(z_t, t) - v_t||^2 ]  (same weighting).
 
   Args:

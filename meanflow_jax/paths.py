@@ -2,6 +2,7 @@
 
     z_t = (1 - t) x + t eps,        v_t = dz_t/dt = eps - x.
 """
+import jax
 import jax.numpy as jnp
 
 
@@ -55,3 +56,14 @@ def conditional_velocity(x, eps, t=None):
   if t is not None:
     expand_time(t, x)
   return eps - x
+
+
+def sample_noise(key, num, shape, dtype=None):
+  """eps ~ N(0, I), `[num, *shape]`; sample i uses only `fold_in(key, i)`.
+
+  So a sample's noise does not depend on the batch size or on how a batch is
+  sharded, and any single sample can be regenerated from (key, i).
+  """
+  draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape),
+                                     dtype or jnp.float32)
+  return jax.vmap(draw)(jnp.arange(num))

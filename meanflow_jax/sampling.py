@@ -6,6 +6,7 @@ Flow matching:   z_{t-h} = z_t - h v(z_t, t)             (Euler, 1 NFE per step)
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 METHODS = ("euler", "heun")
 
@@ -21,6 +22,11 @@ def _check_grid(time_grid):
   grid = jnp.asarray(time_grid, jnp.float32)
   if grid.ndim != 1 or grid.shape[0] < 2:
     raise ValueError(f"time_grid must be 1-D with >= 2 times; got shape {grid.shape}.")
+  if not isinstance(grid, jax.core.Tracer):  # a traced grid cannot be checked here
+    g = np.asarray(grid)
+    if not (np.all(np.diff(g) < 0) and g[0] <= 1 and g[-1] >= 0):
+      raise ValueError(f"time_grid must decrease within [0, 1] (from noise to data); got "
+                       f"{g.tolist()}.")
   return grid
 
 

@@ -17,7 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints
 _NFE = flags.DEFINE_multi_integer("nfe", [1, 2], "NFE values to evaluate.")
 _NUM = flags.DEFINE_integer("num", 20_000, "Samples per NFE.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise.")
-_PARAMS = flags.DEFINE_enum("params", "ema", ["ema", "raw"], "Which parameters.")
+_PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"], "Parameters (default: the run's sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
 flags.mark_flags_as_required(["workdir"])
 

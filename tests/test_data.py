@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -24,14 +25,17 @@ def test_load_points_errors(tmp_path):
 
 
 def test_point_source_is_deterministic_per_step(tmp_path):
-  a = PointSource(batch_size=16, seed=3)
-  b = PointSource(batch_size=16, seed=3)
+  a = PointSource(batch_size=16, key=jax.random.key(3))
+  b = PointSource(batch_size=16, key=jax.random.key(3))
   np.testing.assert_array_equal(a.batch(7), b.batch(7))
   assert not np.array_equal(a.batch(7), a.batch(8))
   assert a.dim == 2
+  # Per-sample draws: a smaller batch is a prefix of a larger one.
+  big = PointSource(batch_size=64, key=jax.random.key(3))
+  np.testing.assert_array_equal(big.batch(7)[:16], a.batch(7))
   pts = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
   np.save(tmp_path / "p.npy", pts)
-  c = PointSource(batch_size=8, seed=0, path=str(tmp_path / "p.npy"))
+  c = PointSource(batch_size=8, key=jax.random.key(0), path=str(tmp_path / "p.npy"))
   batch = np.asarray(c.batch(2))
   assert batch.shape == (8, 3) and c.dim == 3
   assert all(any(np.array_equal(row, p) for p in pts) for row in batch)
@@ -39,4 +43,4 @@ def test_point_source_is_deterministic_per_step(tmp_path):
 
 def test_unknown_mixture():
   with pytest.raises(DataError, match="unknown built-in mixture"):
-    PointSource(batch_size=4, seed=0, mixture_name="ring9")
+    PointSource(batch_size=4, key=jax.random.key(0), mixture_name="ring9")

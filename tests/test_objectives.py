@@ -85,7 +85,7 @@ def test_meanflow_loss_weighting_and_metrics():
   err = np.sum((np.asarray(u) - np.asarray(u_tgt)) ** 2, axis=1)
   for p, c in [(0.0, 1e-3), (1.0, 1e-3), (0.5, 0.01)]:
     loss, m = jax.jit(lambda x, eps, t, r: objectives.meanflow_loss(
-        u_fn, x, eps, t, r, p=p, c=c))(x, eps, t, r)
+        u_fn, x, eps, t=t, r=r, p=p, c=c))(x, eps, t, r)
     w = 1.0 / (err + c) ** p
     np.testing.assert_allclose(loss, np.mean(w * err), rtol=1e-5)
     np.testing.assert_allclose(m["mean_weight"], np.mean(w), rtol=1e-5)
@@ -98,7 +98,7 @@ def test_adaptive_weight_has_no_gradient():
   x, eps, t, r = _batch(jax.random.key(6), b=8)
 
   def loss(a, p):
-    return objectives.meanflow_loss(lambda z, r, t: a * z, x, eps, t, r, p=p, c=1e-3)[0]
+    return objectives.meanflow_loss(lambda z, r, t: a * z, x, eps, t=t, r=r, p=p, c=1e-3)[0]
 
   a = 0.3
   z = paths.interpolate(x, eps, t)
@@ -113,7 +113,7 @@ def test_adaptive_weight_has_no_gradient():
 def test_flow_matching_loss():
   x, eps, t, _ = _batch(jax.random.key(7), b=32)
   v_fn = lambda z, t: 0.5 * z + t[:, None]
-  loss, m = objectives.flow_matching_loss(v_fn, x, eps, t, p=0.0)
+  loss, m = objectives.flow_matching_loss(v_fn, x, eps, t=t, p=0.0)
   z = (1 - t[:, None]) * x + t[:, None] * eps
   expected = np.mean(np.sum((np.asarray(v_fn(z, t)) - np.asarray(eps - x)) ** 2, 1))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)

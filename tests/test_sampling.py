@@ -17,10 +17,17 @@ def test_meanflow_exact_u_reproduces_gaussian(steps):
   np.testing.assert_allclose(jnp.std(x, 0), [GAUSS.std] * 2, rtol=0.01)
 
 
-def test_meanflow_time_grid():
+def test_time_grids():
   grid = jnp.array([1.0, 0.8, 0.3, 0.0])
   a = sampling.meanflow_sample(GAUSS.average_velocity, EPS[:100], time_grid=grid)
   np.testing.assert_allclose(a, GAUSS.flow_map(EPS[:100], 1.0, 0.0), atol=2e-5)
+  # A partial grid stops at its last time: the exact map 1 -> 0.4.
+  b = sampling.meanflow_sample(GAUSS.average_velocity, EPS[:100], time_grid=[1.0, 0.4])
+  np.testing.assert_allclose(b, GAUSS.flow_map(EPS[:100], 1.0, 0.4), atol=2e-5)
+  # Euler on a given grid equals Euler with that many uniform steps when uniform.
+  c = sampling.flow_matching_sample(GAUSS.velocity, EPS[:100], 4, time_grid=jnp.linspace(1, 0, 5))
+  np.testing.assert_allclose(c, sampling.flow_matching_sample(GAUSS.velocity, EPS[:100], 4),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_one_euler_step_of_exact_flow_matching_collapses_to_the_mean():
@@ -69,5 +76,7 @@ def test_meanflow_nfe_is_exact(steps):
 def test_bad_arguments():
   with pytest.raises(ValueError, match="steps must be >= 1"):
     sampling.meanflow_sample(GAUSS.average_velocity, EPS[:4], 0)
+  with pytest.raises(ValueError, match="must decrease"):
+    sampling.meanflow_sample(GAUSS.average_velocity, EPS[:4], time_grid=[0.0, 0.5, 1.0])
   with pytest.raises(ValueError, match="unknown method"):
     sampling.flow_matching_sample(GAUSS.velocity, EPS[:4], 2, "rk45")

@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +9,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from meanflow_jax import training
-from meanflow_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteError
+from meanflow_jax import sampling, training
+from meanflow_jax.data import PointSource
+from meanflow_jax.errors import CheckpointMismatchError, ConfigError, Interrupted, NonFiniteError
 
 
 def tiny_config(**overrides):
@@ -44,9 +47,9 @@ def test_train_writes_logs_and_checkpoints(tmp_path, objective):
   expected_frac = 0.25 if objective == "meanflow" else 0.0
   assert abs(np.mean([r["frac_r_neq_t"] for r in rows]) - expected_frac) < 0.1
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
-  config, model, params = training.load_run(str(tmp_path))
-  assert config.objective == objective
-  for a, b in zip(_leaves(params), _leaves(state.ema_params[0])):
+  run = training.load_run(str(tmp_path))
+  assert run.config.objective == objective and run.data_shape == (2,)
+  for a, b in zip(_leaves(run.params), _leaves(state.ema_params[0])):
     np.testing.assert_array_equal(a, b)
 
 
@@ -77,9 +80,12 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path)
   training.train(tiny_config(**{"train.steps": 20}), str(tmp_path))
   # Resume with a learning rate that blows the parameters up.
   c = tiny_config(**{"optimizer.lr": 1e30, "train.steps": 60})
-  with pytest.raises(NonFiniteError, match=r"at step \d+.*last checkpoint \(step 20\)"):
+  with pytest.raises(NonFiniteError, match=r"at step (\d+).*last checkpoint \(step 20\)") as info:
     training.train(c, str(tmp_path))
+  assert 21 <= int(re.search(r"at step (\d+)", str(info.value)).group(1)) <= 60
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20"]
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert all(np.isfinite(r["loss"]) for r in rows)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -90,14 +96,65 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 def test_unknown_objective_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="objective"):
-    training.train(tiny_config(objective="diffusion"), str(tmp_path))
+    training.train(tiny_config(objective="diffusion"), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_sampler_nfe_and_objective(tmp_path):
   training.train(tiny_config(**{"train.steps": 10, "train.checkpoint_every": 10}), str(tmp_path))
-  config, model, params = training.load_run(str(tmp_path), params="raw")
+  config, model, params, _ = training.load_run(str(tmp_path), params="raw")
   eps = jax.random.normal(jax.random.key(0), (16, 2))
   sample = training.make_sampler(config, model, params)
-  from meanflow_jax import sampling
   direct = sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t), eps, 2)
   np.testing.assert_allclose(sample(eps, 2), direct, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="nfe must be >= 1"):
+    sample(eps, 0)
+
+
+def test_sigterm_saves_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
+  """A SIGTERM between logs (step 15 of log_every 10) saves, and a rerun continues exactly."""
+  cfg = tiny_config(**{"train.log_every": 10, "train.checkpoint_every": 40})
+  straight = training.train(cfg, str(tmp_path / "a"))
+  real_batch = PointSource.batch
+
+  def batch_then_signal(self, step):
+    if step == 14:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_batch(self, step)
+
+  monkeypatch.setattr(PointSource, "batch", batch_then_signal)
+  with pytest.raises(Interrupted, match="after step 15") as info:
+    training.train(cfg, str(tmp_path / "b"))
+  assert info.value.exit_code == 128 + signal.SIGTERM
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["15"]
+  monkeypatch.setattr(PointSource, "batch", real_batch)
+  # A half-written last line (a kill during a write) must not block the resume.
+  with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 16, "lo')
+  resumed = training.train(cfg, str(tmp_path / "b"))
+  for a, b in zip(_leaves(straight), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  rows_a = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
+  rows_b = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
+  assert [r["step"] for r in rows_b] == [10, 20, 30, 40]
+  # Steps 11-15 and 16-20 were logged in two pieces; the later rows match exactly.
+  assert [r["loss"] for r in rows_a[2:]] == [r["loss"] for r in rows_b[2:]]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("optimizer.name", "sgd", "optimizer.name = 'sgd'"),
+    ("time.distribution", "beta", "time.distribution"),
+    ("train.batch_size", 0, "train.batch_size must be positive"),
+    ("train.ema_decays", (1.5,), "train.ema_decays"),
+    ("model.name", "dit9", "model.name"),
+])
+def test_bad_config_values_fail_before_anything_is_written(tmp_path, key, value, needle):
+  with pytest.raises(ConfigError, match=re.escape(needle)):
+    training.train(tiny_config(**{key: value}), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_ema_count_change_is_a_mismatch(tmp_path):
+  training.train(tiny_config(**{"train.steps": 20}), str(tmp_path))
+  with pytest.raises(CheckpointMismatchError, match="train.ema_decays"):
+    training.train(tiny_config(**{"train.ema_decays": (0.99, 0.999)}), str(tmp_path))

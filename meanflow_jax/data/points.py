@@ -52,16 +52,22 @@ def load_points(path):
   return check_points(x, source=path)
 
 
+def _sample_mixture(mix, key, index):
+  """One mixture sample from `fold_in(key, index)`, `[D]`."""
+  return mix.sample(jax.random.fold_in(key, index), 1)[0][0]
+
+
 class PointSource:
-  """Batches `[B, D]` that depend only on (seed, step), so resumed runs see the same data.
+  """Batches `[B, D]` that depend only on (key, step), so resumed runs see the same data.
 
   Either samples a built-in mixture afresh each step, or draws rows of a fixed
-  array with replacement.
+  array with replacement. Sample i of step s uses `fold_in(fold_in(key, s), i)`,
+  so it is the same whatever the batch is split into.
   """
 
-  def __init__(self, *, batch_size, seed, path="", mixture_name="ring8"):
+  def __init__(self, *, batch_size, key, path="", mixture_name="ring8"):
     self.batch_size = int(batch_size)
-    self.key = jax.random.key(seed)
+    self.key = key
     if path:
       self.points = jnp.asarray(load_points(path))
       self.mixture = None
@@ -74,13 +80,14 @@ class PointSource:
   def dim(self):
     return self.points.shape[1] if self.points is not None else self.mixture.dim
 
-  def _make_batch(self, step):
+  def _make_batch(self, data, step):
     key = jax.random.fold_in(self.key, step)
-    if self.points is None:
-      return self.mixture.sample(key, self.batch_size)[0]
-    idx = jax.random.randint(key, (self.batch_size,), 0, self.points.shape[0])
-    return self.points[idx]
+    index = jnp.arange(self.batch_size)
+    if data is None:
+      return jax.vmap(lambda i: _sample_mixture(self.mixture, key, i))(index)
+    pick = lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, data.shape[0])
+    return data[jax.vmap(pick)(index)]
 
   def batch(self, step):
     """The batch of training step `step`, `[B, D]`."""
-    return self._batch(jnp.asarray(step, jnp.uint32))
+    return self._batch(self.points, jnp.asarray(step, jnp.uint32))

@@ -1,4 +1,6 @@
 """Exact quality metrics for samples of a known mixture (`analytic.GaussianMixture`)."""
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -46,29 +48,48 @@ def sliced_wasserstein(key, a, b, num_projections=256):
   if a.shape != b.shape:
     raise ValueError(f"samples must have equal shapes; got {a.shape} and {b.shape}.")
   theta = jax.random.normal(key, (a.shape[1], num_projections))
-  theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
+  return _sliced(theta / jnp.linalg.norm(theta, axis=0, keepdims=True), a, b)
+
+
+class Reference(NamedTuple):
+  """What every report on one mixture shares: computed once, reused for each model."""
+  threshold: jax.Array   # low-density log-density level
+  data: jax.Array        # fresh data samples `[N, D]` for the sliced distance
+  projections: jax.Array  # unit directions `[D, P]` of the sliced distance
+
+
+def make_reference(mixture, key, num, quantile=0.01, num_projections=256):
+  key_thr, key_data, key_proj = jax.random.split(key, 3)
+  theta = jax.random.normal(key_proj, (mixture.dim, num_projections))
+  return Reference(threshold=low_density_threshold(mixture, key_thr, quantile),
+                   data=mixture.sample(key_data, num)[0],
+                   projections=theta / jnp.linalg.norm(theta, axis=0, keepdims=True))
+
+
+def _sliced(theta, a, b):
   pa, pb = jnp.sort(a @ theta, axis=0), jnp.sort(b @ theta, axis=0)
   return jnp.sqrt(jnp.mean((pa - pb) ** 2))
 
 
-def toy_report(mixture, samples, exact, key, quantile=0.01):
+def toy_report(mixture, samples, exact, reference):
   """All exact metrics for `samples` against `exact` (flow map of the same noise).
+
+  Args:
+    reference: a `Reference` of this mixture with as many data samples as `samples`;
+      sharing it between models makes their figures differ only by the samples.
 
   Returns:
     dict of floats: transport_rms (over data scale), low_density_frac, mode_tv,
     mean_log_density, sliced_w2 (against fresh data), and the same figures for
     the exact map itself as `exact_*` where they apply.
   """
-  key_thr, key_data, key_sw = jax.random.split(key, 3)
-  thr = low_density_threshold(mixture, key_thr, quantile)
-  data, _ = mixture.sample(key_data, samples.shape[0])
   out = {
       "transport_rms": transport_error(samples, exact, mixture.scale()),
-      "low_density_frac": low_density_fraction(mixture, samples, thr),
+      "low_density_frac": low_density_fraction(mixture, samples, reference.threshold),
       "mode_tv": mode_tv(mixture, samples),
       "mean_log_density": mean_log_density(mixture, samples),
-      "sliced_w2": sliced_wasserstein(key_sw, samples, data),
-      "exact_low_density_frac": low_density_fraction(mixture, exact, thr),
+      "sliced_w2": _sliced(reference.projections, samples, reference.data),
+      "exact_low_density_frac": low_density_fraction(mixture, exact, reference.threshold),
       "exact_mode_tv": mode_tv(mixture, exact),
   }
   return {k: float(v) for k, v in out.items()}

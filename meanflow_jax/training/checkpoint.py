@@ -7,9 +7,9 @@ import orbax.checkpoint as ocp
 from meanflow_jax.errors import CheckpointMismatchError
 
 
-# Config sections that fix the shapes of the state: a checkpoint whose saved
-# config differs in these cannot be restored into this run.
-SHAPE_KEYS = ("model", "objective")
+# Config keys (and sections) that fix the structure or shapes of the state: a
+# checkpoint whose saved config differs in these cannot be restored into this run.
+SHAPE_KEYS = ("model", "objective", "train.ema_decays", "optimizer.name", "optimizer.grad_clip")
 
 
 def config_mismatches(saved, current, keys=SHAPE_KEYS):
@@ -24,32 +24,42 @@ def config_mismatches(saved, current, keys=SHAPE_KEYS):
         out[f"{prefix}{k}"] = list(v) if isinstance(v, (tuple, list)) else v
     return out
 
-  a = {k: v for k, v in flat(saved).items() if k.split(".")[0] in keys}
-  b = {k: v for k, v in flat(current).items() if k.split(".")[0] in keys}
+  fixed = lambda k: any(k == p or k.startswith(p + ".") for p in keys)
+  a = {k: v for k, v in flat(saved).items() if fixed(k)}
+  b = {k: v for k, v in flat(current).items() if fixed(k)}
   return [f"{k}: checkpoint has {a.get(k)!r}, config has {b.get(k)!r}"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 class Checkpointer:
-  """Saves and restores `TrainState`s under `directory/<step>/{state,config}`."""
+  """Saves and restores `TrainState`s under `directory/<step>/{state,config,meta}`.
+
+  `meta` holds what sampling needs besides the config (the data's shape), so a
+  run can be sampled without its training data.
+  """
 
   def __init__(self, directory, *, max_to_keep=3):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                         item_names=("state", "config"))
+                                         item_names=("state", "config", "meta"))
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step, state, config_dict):
-    """Starts an asynchronous save of `state` and the JSON-able `config_dict`."""
+  def save(self, step, state, config_dict, meta):
+    """Starts an asynchronous save of `state` and the JSON-able `config_dict`, `meta`."""
     self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_dict)), force=True)
+        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_dict),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_json(self, name, step=None):
+    """The JSON item `name` ("config" or "meta") of a checkpoint."""
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+    return out[name]
 
   def restore_config(self, step=None):
-    step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return out["config"]
+    return self.restore_json("config", step)
 
   def restore_state(self, abstract_state, step=None, config_dict=None):
     """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct`).
@@ -68,7 +78,7 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
-    except (ValueError, KeyError) as e:
+    except Exception as e:  # Orbax raises several types for a tree that does not fit
       raise CheckpointMismatchError(
           f"checkpoint {where} does not fit the state of this config: {e}") from e
     state = out["state"]

@@ -1,22 +1,31 @@
 """Restoring a trained run for sampling: config, model, parameters, sampler."""
 import functools
 import os
+from typing import NamedTuple
 
 import jax
 import ml_collections
 
 from meanflow_jax import sampling
-from meanflow_jax.errors import RunNotFoundError
+from meanflow_jax.errors import ConfigError, RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import loop
 from meanflow_jax.training import train_state as ts
 
 
-def load_run(workdir, params="ema", step=None):
-  """(config, model, params) of the latest (or given) checkpoint in `workdir`.
+class Run(NamedTuple):
+  config: ml_collections.ConfigDict
+  model: object
+  params: object
+  data_shape: tuple  # shape of one data sample, e.g. (2,)
+
+
+def load_run(workdir, params=None, step=None):
+  """The `Run` of the latest (or given) checkpoint in `workdir`.
 
   Args:
-    params: "ema" for the first EMA copy, "raw" for the optimised parameters.
+    params: "ema" for the first EMA copy, "raw" for the optimised parameters;
+      None takes the run's `sample.params`.
   """
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
@@ -29,34 +38,43 @@ def load_run(workdir, params="ema", step=None):
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
     model = ts.build_model(config)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
-    dim = loop.make_source(config).dim
-    state = ckpt.restore_state(loop.abstract_state(config, model, tx, dim), step)
+    data_shape = ckpt.restore_json("meta", step)["data_shape"]
+    state = ckpt.restore_state(loop.abstract_state(config, model, tx, data_shape), step)
   finally:
     ckpt.close()
-  if params == "ema":
-    return config, model, state.ema_params[0]
-  if params == "raw":
-    return config, model, state.params
-  raise ValueError(f"params must be 'ema' or 'raw'; got {params!r}.")
+  params = params or config.sample.params
+  if params not in ("ema", "raw"):
+    raise ConfigError(f"params must be 'ema' or 'raw'; got {params!r}.")
+  chosen = state.ema_params[0] if params == "ema" else state.params
+  return Run(config, model, chosen, tuple(data_shape))
 
 
 def make_sampler(config, model, params, method=None):
-  """A jitted `sample(eps [B, ...], nfe) -> [B, ...]` for the run's objective.
+  """`sample(eps [B, ...], nfe) -> [B, ...]` for the run's objective, jitted per nfe.
 
   MeanFlow: `nfe` uniform jumps. Flow matching: Euler with `nfe` steps, or Heun
-  with `nfe // 2` steps (nfe must then be even).
+  with `nfe // 2` steps (nfe must then be even). The parameters are an argument
+  of the compiled function, not constants baked into it.
   """
   method = method or config.sample.method
+  if method not in sampling.METHODS:
+    raise ConfigError(f"method must be one of {sampling.METHODS}; got {method!r}.")
 
-  @functools.partial(jax.jit, static_argnums=1)
-  def sample(eps, nfe):
+  @functools.partial(jax.jit, static_argnums=2)
+  def _sample(params, eps, nfe):
     if config.objective == "meanflow":
       return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t), eps, nfe)
     v_fn = lambda z, t: model.apply(params, z, t, t)
     if method == "heun":
-      if nfe % 2:
-        raise ValueError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
       return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
     return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
+
+  def sample(eps, nfe):
+    nfe = int(nfe)
+    if nfe < 1:
+      raise ConfigError(f"nfe must be >= 1; got {nfe}.")
+    if config.objective == "flow_matching" and method == "heun" and nfe % 2:
+      raise ConfigError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
+    return _sample(params, eps, nfe)
 
   return sample

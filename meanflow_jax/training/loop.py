@@ -11,35 +11,58 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from meanflow_jax.data import PointSource
-from meanflow_jax.errors import ConfigError, NonFiniteError
+from meanflow_jax.errors import Interrupted, NonFiniteError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import train_step
+from meanflow_jax.training.validate import check_config
 
-OBJECTIVES = ("meanflow", "flow_matching")
+
+def run_keys(seed):
+  """(init, steps, data) keys of a run: each use of randomness has its own key."""
+  key_init, key_steps, key_data = jax.random.split(jax.random.key(seed), 3)
+  return key_init, key_steps, key_data
 
 
 def make_source(config):
-  return PointSource(batch_size=config.train.batch_size, seed=config.seed,
+  return PointSource(batch_size=config.train.batch_size, key=run_keys(config.seed)[2],
                      path=config.data.path, mixture_name=config.data.mixture)
 
 
-def abstract_state(config, model, tx, dim):
+def abstract_state(config, model, tx, data_shape):
   """The state's shapes and dtypes, computed without allocating it."""
-  example = jnp.zeros((1, dim), jnp.float32)
+  example = jnp.zeros((1, *data_shape), jnp.float32)
   init = functools.partial(ts.init_state, model=model, tx=tx, example_x=example,
                            num_ema=len(config.train.ema_decays))
   return jax.eval_shape(init, jax.random.key(0))
 
 
 def _truncate_metrics(path, last_step):
-  """Drops log lines past `last_step` (written after the checkpoint we resume from)."""
+  """Drops log lines past `last_step` (written after the checkpoint we resume from)
+  and any line a killed process left half-written."""
   if not os.path.exists(path):
     return
+  keep = []
   with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= last_step:
+          keep.append(line)
+      except (json.JSONDecodeError, KeyError, TypeError):
+        continue
   with open(path, "w") as f:
-    f.writelines(lines)
+    f.writelines(keep)
+
+
+def _check_finite(logs, first_step, ckpt):
+  """Raises NonFiniteError at the first update whose loss or gradient was not finite."""
+  for i, m in enumerate(logs):
+    if not m["finite"]:
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {first_step + i} (loss {float(m['loss'])}, "
+          f"grad norm {float(m['grad_norm'])}). Training stopped; the last checkpoint (step "
+          f"{ckpt.latest_step()}) is untouched. Lower optimizer.lr, set optimizer.grad_clip, "
+          "or look for outliers in the data.")
 
 
 def train(config, workdir):
@@ -47,16 +70,19 @@ def train(config, workdir):
 
   Returns:
     the final TrainState.
+  Raises:
+    ConfigError, DataError, CheckpointMismatchError before anything is written;
+    NonFiniteError at the first non-finite step; Interrupted after saving on SIGTERM.
   """
-  if config.objective not in OBJECTIVES:
-    raise ConfigError(f"objective must be one of {OBJECTIVES}; got {config.objective!r}.")
-  os.makedirs(workdir, exist_ok=True)
+  check_config(config)
   config_dict = config.to_dict()
-  source = make_source(config)
+  source = make_source(config)  # validates the data before the workdir is touched
   model = ts.build_model(config)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
-  key_init, key_steps = jax.random.split(jax.random.key(config.seed))
+  key_init, key_steps, _ = run_keys(config.seed)
+  meta = {"data_shape": [source.dim]}
 
+  os.makedirs(workdir, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                max_to_keep=config.train.max_to_keep)
   start = ckpt.latest_step()
@@ -66,8 +92,11 @@ def train(config, workdir):
         num_ema=len(config.train.ema_decays)))(key_init)
     start = 0
   else:
-    state = ckpt.restore_state(abstract_state(config, model, tx, source.dim), start,
+    state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"]), start,
                                config_dict=config_dict)
+    if int(state.step) != start:
+      raise ckpt_lib.CheckpointMismatchError(
+          f"checkpoint {start} holds a state at step {int(state.step)}; it is corrupt.")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config_dict, f, indent=2)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -90,15 +119,14 @@ def train(config, workdir):
       state, metrics = compiled(state, source.batch(step), key_steps)
       pending.append(metrics)
       done = step + 1
-      if done % config.train.log_every == 0 or done == config.train.steps or stop["signal"]:
+      log = done % config.train.log_every == 0 or done == config.train.steps
+      save = (done % config.train.checkpoint_every == 0 or done == config.train.steps
+              or stop["signal"])
+      if log or save:
+        # Checked before every save, so a non-finite state is never written.
         logs = jax.device_get(pending)
-        bad = [done - len(logs) + i for i, m in enumerate(logs) if not m["finite"]]
-        if bad:
-          last = ckpt.latest_step()
-          raise NonFiniteError(
-              f"non-finite loss or gradient at step {bad[0]} (loss {logs[bad[0] - done + len(logs)]['loss']}). "
-              f"Training stopped; the last checkpoint (step {last}) is untouched. Lower the "
-              "learning rate, set optimizer.grad_clip, or check the data for outliers.")
+        _check_finite(logs, done - len(logs) + 1, ckpt)
+      if log:
         now = time.time()
         row = {k: float(np.mean([m[k] for m in logs])) for k in logs[0] if k != "finite"}
         row.update(step=done, steps_per_s=len(logs) / max(now - t_last, 1e-9))
@@ -106,11 +134,12 @@ def train(config, workdir):
           f.write(json.dumps(row) + "\n")
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         pending, t_last = [], now
-      if done % config.train.checkpoint_every == 0 or done == config.train.steps or stop["signal"]:
-        ckpt.save(done, state, config_dict)
+      if save:
+        ckpt.save(done, state, config_dict, meta)
       if stop["signal"]:
-        print(f"signal {stop['signal']}: saved step {done} in {workdir}; rerun to resume.")
-        break
+        ckpt.wait()
+        raise Interrupted(f"stopped by signal {stop['signal']} after step {done}; the "
+                          f"checkpoint is saved in {workdir}: rerun to resume.", stop["signal"])
   finally:
     bar.close()
     ckpt.wait()

@@ -1,0 +1,37 @@
+"""Checks of a config's values before a run touches its work directory."""
+from meanflow_jax import models, sampling, timesteps
+from meanflow_jax.errors import ConfigError
+
+OBJECTIVES = ("meanflow", "flow_matching")
+
+
+def _one_of(name, value, options):
+  if value not in options:
+    raise ConfigError(f"{name} = {value!r} is not one of {tuple(options)}.")
+
+
+def _positive(name, value):
+  if not value > 0:
+    raise ConfigError(f"{name} must be positive; got {value!r}.")
+
+
+def check_config(c):
+  """Raises ConfigError naming the first key whose value cannot work."""
+  _one_of("objective", c.objective, OBJECTIVES)
+  _one_of("model.name", c.model.name, models.available())
+  _one_of("time.distribution", c.time.distribution, timesteps.DISTRIBUTIONS)
+  _one_of("optimizer.name", c.optimizer.name, ("adam", "adamw"))
+  _one_of("optimizer.schedule", c.optimizer.schedule, ("constant", "cosine"))
+  _one_of("sample.method", c.sample.method, sampling.METHODS)
+  _one_of("sample.params", c.sample.params, ("ema", "raw"))
+  for key in ("train.steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
+              "train.max_to_keep", "optimizer.lr", "time.sigma"):
+    section, name = key.split(".")
+    _positive(key, c[section][name])
+  if not 0.0 <= c.time.ratio_r_neq_t <= 1.0:
+    raise ConfigError(f"time.ratio_r_neq_t must lie in [0, 1]; got {c.time.ratio_r_neq_t}.")
+  if not c.train.ema_decays or not all(0.0 <= d < 1.0 for d in c.train.ema_decays):
+    raise ConfigError(f"train.ema_decays must be a non-empty list of decays in [0, 1); got "
+                      f"{c.train.ema_decays!r}.")
+  if c.loss.p < 0 or c.loss.c <= 0:
+    raise ConfigError(f"loss.p must be >= 0 and loss.c > 0; got p={c.loss.p}, c={c.loss.c}.")
