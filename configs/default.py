@@ -13,7 +13,8 @@ def get_config():
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ""           # .npy float array [N, D]; "" = the built-in mixture below
-  c.data.mixture = "ring8"   # built-in mixture: "ring8" (8 modes on a circle of radius 2, std 0.2)
+  c.data.mixture = "ring8"   # built-in: "ring8" (8 modes on a circle of radius 2, std 0.2),
+                             # "gaussian" (N((1, -1), 0.5^2 I))
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"       # registry name (meanflow_jax.models.available())

@@ -1,4 +1,6 @@
 """Evaluating trained runs: per-sample noise, samples at several NFE, exact metrics."""
+import json
+import os
 from typing import NamedTuple
 
 import jax
@@ -45,7 +47,7 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
     samples[int(k)] = np.asarray(x)
     row = {"objective": config.objective, "nfe": int(k),
            "method": "meanflow" if config.objective == "meanflow" else (
-               method or config.sample.method)}
+               "fm-" + (method or config.sample.method))}
     row.update(toy.toy_report(mixture, x, exact, reference))
     rows.append(row)
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
@@ -57,3 +59,17 @@ def markdown_table(rows, columns):
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
   return "\n".join(lines)
+
+
+def training_seconds(workdir):
+  """Seconds spent in training steps, from the run's metrics.jsonl (resume-proof).
+
+  Sums each logged interval's steps over its measured steps/s; compilation and
+  checkpoint waits are not included.
+  """
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
+  total, last = 0.0, 0
+  for r in rows:
+    total += (r["step"] - last) / r["steps_per_s"]
+    last = r["step"]
+  return total

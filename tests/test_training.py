@@ -158,3 +158,20 @@ def test_ema_count_change_is_a_mismatch(tmp_path):
   training.train(tiny_config(**{"train.steps": 20}), str(tmp_path))
   with pytest.raises(CheckpointMismatchError, match="train.ema_decays"):
     training.train(tiny_config(**{"train.ema_decays": (0.99, 0.999)}), str(tmp_path))
+
+
+def test_meanflow_learns_the_one_step_map_of_a_gaussian(tmp_path):
+  """A few hundred steps bring 1-NFE samples close to the exact map of the same noise.
+
+  Measured: 0.12. An untrained (zero) network returns the noise itself (2.24); one
+  that outputs the data mean scores 1.0.
+  """
+  c = tiny_config(**{"data.mixture": "gaussian", "train.steps": 600, "train.batch_size": 128,
+                     "model.mlp.width": 64, "model.mlp.depth": 2, "model.mlp.time_scale": 1.0,
+                     "optimizer.lr": 3e-3, "train.checkpoint_every": 600, "train.log_every": 100,
+                     "loss.p": 0.5, "time.distribution": "uniform", "time.ratio_r_neq_t": 0.5,
+                     "train.ema_decays": (0.95,)})  # an EMA that forgets the init in 600 steps
+  training.train(c, str(tmp_path))
+  from meanflow_jax import evaluate
+  (row,) = evaluate.evaluate_toy(str(tmp_path), [1], num=4000).rows
+  assert row["transport_rms"] < 0.2, row

@@ -11,6 +11,9 @@ from meanflow_jax.errors import DataError
 
 MIXTURES = {
     "ring8": lambda: analytic.ring_mixture(num_modes=8, radius=2.0, std=0.2),
+    # One Gaussian N((1, -1), 0.5^2 I): the straight-flow case, quick to learn (tests).
+    "gaussian": lambda: analytic.GaussianMixture(
+        means=jnp.array([[1.0, -1.0]]), stds=jnp.array([0.5]), weights=jnp.array([1.0])),
 }
 
 
