@@ -5,4 +5,5 @@ depends on jax alone; `models`, `data`, `metrics` and `training` build on it.
 """
 from meanflow_jax import analytic, objectives, paths, sampling, timesteps
 
+__all__ = ["analytic", "objectives", "paths", "sampling", "timesteps"]
 __version__ = "0.1.0"

@@ -17,7 +17,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints
 _NFE = flags.DEFINE_multi_integer("nfe", [1, 2], "NFE values to evaluate.")
 _NUM = flags.DEFINE_integer("num", 20_000, "Samples per NFE.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise.")
-_PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"], "Parameters (default: the run's sample.params).")
+_PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"],
+                            "Parameters (default: the run's sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -27,9 +28,9 @@ def main(argv):
   if not all(a.isdigit() for a in extra):
     raise ConfigError(f"unexpected arguments {extra}; NFE values are positive integers.")
   nfes = _NFE.value + [int(a) for a in extra]
-  rows, samples, exact, mixture = evaluate.evaluate_toy(_WORKDIR.value, nfes, num=_NUM.value,
-                                               seed=_SEED.value, params=_PARAMS.value,
-                                               method=_METHOD.value)
+  rows, samples, exact, mixture = evaluate.evaluate_toy(
+      _WORKDIR.value, nfes, num=_NUM.value, seed=_SEED.value, params=_PARAMS.value,
+      method=_METHOD.value)
   out = os.path.join(_WORKDIR.value, "eval.json")
   with open(out, "w") as f:
     json.dump(rows, f, indent=2)

@@ -1,2 +1,4 @@
 """Quality metrics."""
 from meanflow_jax.metrics import toy
+
+__all__ = ["toy"]

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from meanflow_jax.data import PointSource
-from meanflow_jax.errors import Interrupted, NonFiniteError
+from meanflow_jax.errors import CheckpointMismatchError, Interrupted, NonFiniteError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import train_step
@@ -95,7 +95,7 @@ def train(config, workdir):
     state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"]), start,
                                config_dict=config_dict)
     if int(state.step) != start:
-      raise ckpt_lib.CheckpointMismatchError(
+      raise CheckpointMismatchError(
           f"checkpoint {start} holds a state at step {int(state.step)}; it is corrupt.")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config_dict, f, indent=2)
