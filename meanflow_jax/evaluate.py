@@ -9,6 +9,7 @@ import numpy as np
 
 from meanflow_jax import paths
 from meanflow_jax.data import points
+from meanflow_jax.errors import ConfigError
 from meanflow_jax.metrics import toy
 from meanflow_jax.training import inference
 
@@ -32,7 +33,7 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
   """
   config, model, p, _ = inference.load_run(workdir, params=params)
   if config.data.path:
-    raise ValueError(f"{workdir} trained on {config.data.path}; exact metrics need a "
+    raise ConfigError(f"{workdir} trained on {config.data.path}; exact metrics need a "
                      "built-in mixture (data.path = '').")
   mixture = points.mixture(config.data.mixture)
   key_noise, key_reference = jax.random.split(jax.random.key(seed))

@@ -35,6 +35,7 @@ def main(argv):
   if _NUM.value is not None and _NUM.value < 1:
     raise ConfigError(f"--num must be >= 1; got {_NUM.value}.")
   run = inference.load_run(_WORKDIR.value, params=_PARAMS.value)
+  config = run.config
   (dim,) = run.data_shape
   if _NOISE.value:
     eps = points.load_points(_NOISE.value)  # rank 2, finite, float32
@@ -46,14 +47,13 @@ def main(argv):
                       f"{_NOISE.value}.")
   else:
     eps = paths.sample_noise(jax.random.key(_SEED.value), _NUM.value or 1000, (dim,))
-  sampler = inference.make_sampler(run.config, run.model, run.params, method=_METHOD.value)
+  sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value)
   x = np.asarray(sampler(eps, _NFE.value))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.save(_OUT.value, x)
-  print(f"wrote {x.shape[0]} samples ({_NFE.value} NFE, {run.config.objective}) to {_OUT.value}")
+  print(f"wrote {x.shape[0]} samples ({_NFE.value} NFE, {config.objective}) to {_OUT.value}")
   if dim == 2:
     png = _OUT.value[:-len(".npy")] + ".png"
-    config = run.config
     log_prob = None if config.data.path else points.mixture(config.data.mixture).log_prob
     plotting.scatter([(f"{config.objective}, {_NFE.value} NFE", x[:config.sample.num_plot])],
                      png, log_prob=log_prob)

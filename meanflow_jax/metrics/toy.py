@@ -47,8 +47,7 @@ def sliced_wasserstein(key, a, b, num_projections=256):
   """Sliced 2-Wasserstein distance between two equal-size samples `[N, D]`."""
   if a.shape != b.shape:
     raise ValueError(f"samples must have equal shapes; got {a.shape} and {b.shape}.")
-  theta = jax.random.normal(key, (a.shape[1], num_projections))
-  return _sliced(theta / jnp.linalg.norm(theta, axis=0, keepdims=True), a, b)
+  return _sliced(_unit_directions(key, a.shape[1], num_projections), a, b)
 
 
 class Reference(NamedTuple):
@@ -60,10 +59,15 @@ class Reference(NamedTuple):
 
 def make_reference(mixture, key, num, quantile=0.01, num_projections=256):
   key_thr, key_data, key_proj = jax.random.split(key, 3)
-  theta = jax.random.normal(key_proj, (mixture.dim, num_projections))
   return Reference(threshold=low_density_threshold(mixture, key_thr, quantile),
                    data=mixture.sample(key_data, num)[0],
-                   projections=theta / jnp.linalg.norm(theta, axis=0, keepdims=True))
+                   projections=_unit_directions(key_proj, mixture.dim, num_projections))
+
+
+def _unit_directions(key, dim, num):
+  """`num` directions uniform on the sphere in R^dim, as columns `[dim, num]`."""
+  theta = jax.random.normal(key, (dim, num))
+  return theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
 
 
 def _sliced(theta, a, b):
