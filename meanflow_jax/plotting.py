@@ -1,4 +1,4 @@
-"""Pictures: scatter plots of 2-D samples over the data density."""
+"""Pictures: scatter plots of 2-D samples over the data density, image grids, curves."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -67,5 +67,57 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None):
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def to_uint8(images):
+  """Images in [-1, 1] -> uint8 in [0, 255] (round to nearest, clip)."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def mosaic(images, ncols, pad=1):
+  """Tiles `[N, H, W, C]` images into one `[rows * (H + pad), ncols * (W + pad), C]` uint8 image."""
+  x = to_uint8(images)
+  if x.ndim != 4:
+    raise ValueError(f"images must have shape [N, H, W, C]; got {x.shape}.")
+  n, h, w, c = x.shape
+  rows = -(-n // ncols)
+  out = np.full((rows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, k = divmod(i, ncols)
+    top, left = pad + r * (h + pad), pad + k * (w + pad)
+    out[top:top + h, left:left + w] = x[i]
+  return out
+
+
+def image_grids(panels, path, ncols, row_labels=None, pixels_per_inch=30):
+  """Writes a PNG with one image grid per panel, side by side.
+
+  Args:
+    panels: list of (title, images `[N, H, W, C]` in [-1, 1]); each is tiled
+      `ncols` images a row (e.g. one row per class).
+    row_labels: optional labels written left of the rows of the first panel.
+    pixels_per_inch: size of the figure relative to the tiled grids.
+  """
+  tiles = [(title, mosaic(x, ncols)) for title, x in panels]
+  h, w = tiles[0][1].shape[:2]
+  size = lambda pixels: max(2.0, pixels / pixels_per_inch)
+  fig, axes = plt.subplots(1, len(tiles), squeeze=False,
+                           figsize=(len(tiles) * size(w), size(h) + 0.4))
+  for ax, (title, tile) in zip(axes[0], tiles):
+    gray = tile.shape[-1] == 1
+    ax.imshow(tile[..., 0] if gray else tile, cmap="gray" if gray else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if row_labels is not None:
+    rows = len(row_labels)
+    step = h / rows
+    axes[0, 0].set_yticks([step * (i + 0.5) for i in range(rows)], [str(l) for l in row_labels],
+                          fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
   plt.close(fig)
   return path

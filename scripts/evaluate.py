@@ -1,9 +1,13 @@
-"""Exact quality metrics of a run trained on a built-in mixture, at several NFE.
+"""Quality of a trained run at several NFE.
 
   python scripts/evaluate.py --workdir runs/toy --nfe 1 2 4 --num 20000
+  python scripts/evaluate.py --workdir runs/digits --nfe 1 2 --num 2000
 
-Writes WORKDIR/eval.json (one row per NFE) and WORKDIR/eval.png (samples next to
-the exact probability-flow map of the same noise).
+Built-in mixtures are scored exactly against the probability-flow map of the same
+noise; labelled images with the project's classifier (Frechet distance in its
+features, "clf_fd", which is not FID; class agreement). Writes WORKDIR/eval.json
+(one row per NFE), WORKDIR/eval.md and WORKDIR/eval.png (samples; one row per class
+for conditional image runs).
 """
 import json
 import os
@@ -12,15 +16,46 @@ from absl import flags
 
 from meanflow_jax import cli, evaluate, plotting
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.training import inference
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/).")
 _NFE = flags.DEFINE_multi_integer("nfe", [1, 2], "NFE values to evaluate.")
-_NUM = flags.DEFINE_integer("num", 20_000, "Samples per NFE.")
+_NUM = flags.DEFINE_integer("num", None, "Samples per NFE (default 20000 for mixtures, 2000 for "
+                            "images).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise.")
 _PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"],
                             "Parameters (default: the run's sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
 flags.mark_flags_as_required(["workdir"])
+
+TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2"]
+IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv"]
+
+
+def _toy(workdir, nfes):
+  ev = evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, seed=_SEED.value,
+                             params=_PARAMS.value, method=_METHOD.value)
+  n = 4000
+  panels = [("exact flow map", ev.exact[:n])] + [
+      (f"{ev.rows[0]['method']}, {k} NFE", s[:n]) for k, s in ev.samples.items()]
+  plotting.scatter(panels, os.path.join(workdir, "eval.png"), log_prob=ev.mixture.log_prob)
+  return ev.rows, TOY_COLUMNS
+
+
+def _images(workdir, nfes, config):
+  ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
+                                params=_PARAMS.value, method=_METHOD.value)
+  k, per = config.model.num_classes, config.sample.grid_per_class
+  if k:
+    panels = [(f"{ev.rows[0]['method']}, {n} NFE",
+               evaluate.class_rows(x, ev.labels, k, per)) for n, x in ev.samples.items()]
+  else:
+    panels = [(f"{ev.rows[0]['method']}, {n} NFE", x[:per * per]) for n, x in ev.samples.items()]
+  plotting.image_grids(panels, os.path.join(workdir, "eval.png"), ncols=per,
+                       row_labels=list(range(k)) if k else None)
+  floor = dict(ev.floor, method="real data (two halves)", nfe="")
+  print(f"classifier held-out accuracy {ev.floor['classifier_heldout_accuracy']:.4f}")
+  return ev.rows + [floor], IMAGE_COLUMNS
 
 
 def main(argv):
@@ -28,21 +63,24 @@ def main(argv):
   if not all(a.isdigit() for a in extra):
     raise ConfigError(f"unexpected arguments {extra}; NFE values are positive integers.")
   nfes = _NFE.value + [int(a) for a in extra]
-  rows, samples, exact, mixture = evaluate.evaluate_toy(
-      _WORKDIR.value, nfes, num=_NUM.value, seed=_SEED.value, params=_PARAMS.value,
-      method=_METHOD.value)
-  out = os.path.join(_WORKDIR.value, "eval.json")
-  with open(out, "w") as f:
+  if _NUM.value is not None and _NUM.value < 2:
+    raise ConfigError(f"--num must be >= 2; got {_NUM.value}.")
+  workdir = _WORKDIR.value
+  config = inference.load_config(workdir)
+  if config.data.source == "mixture":
+    rows, columns = _toy(workdir, nfes)
+  elif config.data.source == "points":
+    raise ConfigError(f"{workdir} trained on a user array of points: there is no exact flow "
+                      "map or classifier to score it against.")
+  else:
+    rows, columns = _images(workdir, nfes, config)
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(rows, f, indent=2)
-  for r in rows:
-    print(f"{r['method']:>9} NFE {r['nfe']:>3}: transport {r['transport_rms']:.4f}  "
-          f"low-density {r['low_density_frac']:.4f}  mode TV {r['mode_tv']:.4f}")
-  n = 4000
-  panels = [("exact flow map", exact[:n])] + [
-      (f"{rows[0]['method']}, {k} NFE", s[:n]) for k, s in samples.items()]
-  png = plotting.scatter(panels, os.path.join(_WORKDIR.value, "eval.png"),
-                         log_prob=mixture.log_prob)
-  print(f"wrote {out} and {png}")
+  table = evaluate.markdown_table(rows, columns)
+  with open(os.path.join(workdir, "eval.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  print(f"wrote {workdir}/eval.json, eval.md and eval.png")
 
 
 if __name__ == "__main__":

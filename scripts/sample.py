@@ -2,8 +2,13 @@
 
   python scripts/sample.py --workdir runs/toy --nfe 1 --num 4000 --seed 0 --out runs/toy/x.npy
   python scripts/sample.py --workdir runs/toy --nfe 2 --noise eps.npy --out x.npy
+  python scripts/sample.py --workdir runs/digits --nfe 1 --num 100 --out runs/digits/x.npy
+  python scripts/sample.py --workdir runs/digits --nfe 1 --class 7 --num 16 --out sevens.npy
+  python scripts/sample.py --workdir runs/digits --nfe 2 --labels labels.npy --out x.npy
 
-Writes `--out` ([M, D] float32) and, for 2-D data, a scatter PNG beside it.
+Writes `--out` (float32 [M, D] points, or [M, H, W, C] images in [-1, 1]) and a PNG
+beside it: a scatter plot for 2-D points, a grid for images. Class-conditional
+runs sample classes 0, 1, ..., K-1 in turn unless --class or --labels says otherwise.
 """
 import os
 
@@ -18,14 +23,61 @@ from meanflow_jax.training import inference
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/).")
 _NFE = flags.DEFINE_integer("nfe", 1, "Network evaluations per sample.")
-_NUM = flags.DEFINE_integer("num", None, "Number of samples (default 1000, or the noise's).")
+_NUM = flags.DEFINE_integer("num", None, "Number of samples (default 1000 points or 100 "
+                            "images, or as many as the noise or labels have).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise; sample i uses fold_in(key, i).")
 _OUT = flags.DEFINE_string("out", None, "Output .npy file.")
-_NOISE = flags.DEFINE_string("noise", None, "Optional .npy noise [M, D] to start from.")
+_NOISE = flags.DEFINE_string("noise", None, "Optional .npy noise [M, *data shape] to start from.")
+_LABELS = flags.DEFINE_string("labels", None, "Class-conditional runs: .npy int array [M] of "
+                              "classes (K = the null class: unconditional).")
+_CLASS = flags.DEFINE_integer("class", None, "Class-conditional runs: one class for every sample.")
 _PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"], "Parameters (default: the run's "
                             "sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
 flags.mark_flags_as_required(["workdir", "out"])
+
+
+def _load_noise(path, shape):
+  if len(shape) == 1:
+    eps = points.load_points(path)  # rank 2, finite, float32
+  else:
+    if not os.path.exists(path):
+      raise DataError(f"{path}: no such file.")
+    eps = np.load(path, allow_pickle=False).astype(np.float32)
+    if not np.all(np.isfinite(eps)):
+      raise DataError(f"{path}: {int((~np.isfinite(eps)).sum())} non-finite values in the noise.")
+  if eps.shape[1:] != tuple(shape):
+    raise DataError(f"{path}: noise must have shape [M, {', '.join(map(str, shape))}] for this "
+                    f"run; got {eps.shape}.")
+  return eps
+
+
+def _labels(run, num):
+  """The classes asked for, `[num]`, or None for an unconditional run."""
+  k = run.num_classes
+  if not k:
+    if _LABELS.value or _CLASS.value is not None:
+      raise ConfigError("this run is unconditional: --labels and --class do not apply.")
+    return None
+  if _LABELS.value and _CLASS.value is not None:
+    raise ConfigError("give --labels or --class, not both.")
+  if _LABELS.value:
+    if not os.path.exists(_LABELS.value):
+      raise DataError(f"{_LABELS.value}: no such file.")
+    y = np.load(_LABELS.value, allow_pickle=False)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+      raise DataError(f"{_LABELS.value}: labels must be an int array [M]; got {y.dtype} "
+                      f"{y.shape}.")
+  elif _CLASS.value is not None:
+    y = np.full(num, _CLASS.value)
+  else:
+    y = np.arange(num) % k
+  if y.shape[0] != num:
+    raise DataError(f"{y.shape[0]} labels for {num} samples.")
+  if ((y < 0) | (y > k)).any():
+    raise DataError(f"classes must lie in [0, {k}] ({k} = unconditional); got "
+                    f"{sorted(set(y[(y < 0) | (y > k)].tolist()))[:5]}.")
+  return y.astype(np.int32)
 
 
 def main(argv):
@@ -35,29 +87,37 @@ def main(argv):
   if _NUM.value is not None and _NUM.value < 1:
     raise ConfigError(f"--num must be >= 1; got {_NUM.value}.")
   run = inference.load_run(_WORKDIR.value, params=_PARAMS.value)
-  config = run.config
-  (dim,) = run.data_shape
+  config, shape = run.config, run.data_shape
+  num = _NUM.value
   if _NOISE.value:
-    eps = points.load_points(_NOISE.value)  # rank 2, finite, float32
-    if eps.shape[1] != dim:
-      raise DataError(f"{_NOISE.value}: noise must have shape [M, {dim}] for this run; got "
-                      f"{eps.shape}.")
-    if _NUM.value is not None and _NUM.value != eps.shape[0]:
-      raise DataError(f"--num {_NUM.value} disagrees with the {eps.shape[0]} rows of "
-                      f"{_NOISE.value}.")
-  else:
-    eps = paths.sample_noise(jax.random.key(_SEED.value), _NUM.value or 1000, (dim,))
+    eps = _load_noise(_NOISE.value, shape)
+    if num is not None and num != eps.shape[0]:
+      raise DataError(f"--num {num} disagrees with the {eps.shape[0]} rows of {_NOISE.value}.")
+    num = eps.shape[0]
+  elif num is None and _LABELS.value and run.num_classes:
+    num = np.load(_LABELS.value, allow_pickle=False).shape[0]
+  num = num or (1000 if len(shape) == 1 else 100)
+  y = _labels(run, num)
+  if not _NOISE.value:
+    eps = paths.sample_noise(jax.random.key(_SEED.value), num, shape)
   sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value)
-  x = np.asarray(sampler(eps, _NFE.value))
+  x = np.asarray(sampler(eps, _NFE.value, y))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.save(_OUT.value, x)
   print(f"wrote {x.shape[0]} samples ({_NFE.value} NFE, {config.objective}) to {_OUT.value}")
-  if dim == 2:
-    png = _OUT.value[:-len(".npy")] + ".png"
-    log_prob = None if config.data.path else points.mixture(config.data.mixture).log_prob
-    plotting.scatter([(f"{config.objective}, {_NFE.value} NFE", x[:config.sample.num_plot])],
-                     png, log_prob=log_prob)
-    print(f"wrote {png}")
+  png = _OUT.value[:-len(".npy")] + ".png"
+  title = f"{config.objective}, {_NFE.value} NFE"
+  if shape == (2,):
+    log_prob = (points.mixture(config.data.mixture).log_prob
+                if config.data.source == "mixture" else None)
+    plotting.scatter([(title, x[:config.sample.num_plot])], png, log_prob=log_prob)
+  elif len(shape) == 3:
+    ncols = run.num_classes if (y is not None and _CLASS.value is None and not _LABELS.value) \
+        else int(np.ceil(np.sqrt(x.shape[0])))
+    plotting.image_grids([(title, x)], png, ncols=ncols)
+  else:
+    return
+  print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_unknown_config_key(tmp_path):
 def test_data_file_with_wrong_rank(tmp_path):
   np.save(tmp_path / "x.npy", np.zeros((10, 2, 2), np.float32))
   proc = run("train.py", "--config", "configs/toy.py", "--workdir", str(tmp_path / "w"),
-             f"--config.data.path={tmp_path / 'x.npy'}", "--config.train.steps=2", *TINY)
+             "--config.data.source=points", f"--config.data.path={tmp_path / 'x.npy'}", "--config.train.steps=2", *TINY)
   assert_clean_error(proc, "rank 2 [N, D]", "(10, 2, 2)")
 
 
@@ -58,7 +58,7 @@ def test_data_file_with_nans(tmp_path):
   x[4, 0] = np.nan
   np.save(tmp_path / "x.npy", x)
   proc = run("train.py", "--config", "configs/toy.py", "--workdir", str(tmp_path / "w"),
-             f"--config.data.path={tmp_path / 'x.npy'}", "--config.train.steps=2", *TINY)
+             "--config.data.source=points", f"--config.data.path={tmp_path / 'x.npy'}", "--config.train.steps=2", *TINY)
   assert_clean_error(proc, "non-finite", "first rows [4]")
 
 

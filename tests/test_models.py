@@ -1,7 +1,9 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from meanflow_jax import models
 from meanflow_jax.models.embeddings import sinusoidal_embedding
@@ -52,3 +54,31 @@ def test_registry():
   assert "mlp" in models.available()
   with pytest.raises(ValueError, match="unknown model 'mlq'"):
     models.build("mlq")
+
+
+def test_registry_variants_and_overrides():
+  assert models.available() == ["dit", "mlp", "unet"]
+  assert models.variants("mlp") == []
+  assert models.variants("unet") == ["cifar10", "small"]
+  assert len(models.variants("dit")) == 15 and {"S/8", "B/4", "XL/2"} <= set(models.variants("dit"))
+  model = models.build("dit", "XL/2", num_classes=1000, depth=2)  # overrides win over the preset
+  assert (model.hidden_size, model.num_heads, model.patch_size, model.depth) == (1152, 16, 2, 2)
+  assert models.build("unet", "small", base_channels=16).channel_mult == (1, 2)
+  assert models.build("mlp", width=8) == models.build("mlp", None, width=8)  # old form still works
+  with pytest.raises(ValueError, match=r"unknown variant 'XXL/2' of model 'dit'; available: \["):
+    models.build("dit", "XXL/2")
+  with pytest.raises(ValueError, match="unknown variant 'small' of model 'mlp'; available: none"):
+    models.build("mlp", "small")
+  with pytest.raises(ValueError, match=r"unknown argument\(s\) \['widht'\] for model 'mlp'"):
+    models.build("mlp", widht=8)
+  with pytest.raises(ValueError, match="unknown model 'vit'"):
+    models.variants("vit")
+
+
+def test_param_count_uses_shapes_only():
+  model = models.build("mlp", width=8, depth=1, time_dim=4, num_classes=3)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1), jnp.zeros(1))
+  assert models.param_count(model, (2,)) == sum(p.size for p in jax.tree.leaves(variables))
+  # Boxed values carry their logical axis names; unbox gives plain arrays.
+  assert nn.get_partition_spec(variables)["params"]["in"]["kernel"] == P(None, "embed")
+  assert all(isinstance(p, jax.Array) for p in jax.tree.leaves(nn.unbox(variables)))

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -11,6 +12,8 @@ from configs import default
 from meanflow_jax import sampling, training
 from meanflow_jax.data import PointSource
 from meanflow_jax.errors import CheckpointMismatchError, ConfigError, Interrupted, NonFiniteError
+from meanflow_jax.training import loop
+from meanflow_jax.training.train_state import init_state
 
 
 def tiny_config(**overrides):
@@ -101,7 +104,7 @@ def test_unknown_objective_is_refused(tmp_path):
 
 def test_sampler_nfe_and_objective(tmp_path):
   training.train(tiny_config(**{"train.steps": 10, "train.checkpoint_every": 10}), str(tmp_path))
-  config, model, params, _ = training.load_run(str(tmp_path), params="raw")
+  config, model, params = training.load_run(str(tmp_path), params="raw")[:3]
   eps = jax.random.normal(jax.random.key(0), (16, 2))
   sample = training.make_sampler(config, model, params)
   direct = sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t), eps, 2)
@@ -174,3 +177,82 @@ def test_meanflow_learns_the_one_step_map_of_a_gaussian(tmp_path):
   from meanflow_jax import evaluate
   (row,) = evaluate.evaluate_toy(str(tmp_path), [1], num=4000).rows
   assert row["transport_rms"] < 0.2, row
+
+
+def digits_config(**overrides):
+  """A tiny class-conditional DiT on the real 8x8 digits, with training-time guidance."""
+  c = tiny_config(**{"data.source": "digits", "model.name": "dit", "model.num_classes": 10,
+                     "model.dit.patch_size": 4, "model.dit.hidden_size": 32,
+                     "model.dit.depth": 1, "model.dit.num_heads": 2, "model.dit.mlp_ratio": 2.0,
+                     "model.dit.time_scale": 100.0, "guidance.omega": 1.0,
+                     "guidance.kappa": 0.5, "train.batch_size": 16, "train.steps": 20})
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.mark.parametrize("objective", ["meanflow", "flow_matching"])
+def test_conditional_image_run_resumes_exactly_and_samples_classes(tmp_path, objective):
+  straight = training.train(digits_config(objective=objective), str(tmp_path / "a"))
+  training.train(digits_config(objective=objective, **{"train.steps": 10}), str(tmp_path / "b"))
+  resumed = training.train(digits_config(objective=objective), str(tmp_path / "b"))
+  for a, b in zip(_leaves(straight), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  run = training.load_run(str(tmp_path / "a"), params="raw")
+  assert run.data_shape == (8, 8, 1) and run.num_classes == 10
+  sample = training.make_sampler(run.config, run.model, run.params)
+  eps = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  y = np.array([0, 3, 9, 10])  # 10: the null class, unconditional
+  x = np.asarray(sample(eps, 1, y))
+  assert x.shape == (4, 8, 8, 1) and np.isfinite(x).all()
+  # The labels reach the network: class 3 and the null class give other images.
+  x_other = np.asarray(sample(eps, 1, np.array([0, 4, 9, 0])))
+  np.testing.assert_array_equal(x[[0, 2]], x_other[[0, 2]])
+  assert np.abs(x[1] - x_other[1]).max() > 1e-6 and np.abs(x[3] - x_other[3]).max() > 1e-6
+  with pytest.raises(ConfigError, match=r"labels must lie in \[0, 10\]"):
+    sample(eps, 1, np.array([0, 1, 2, 11]))
+  with pytest.raises(ConfigError, match="labels must have shape"):
+    sample(eps, 1, np.array([0, 1]))
+
+
+def test_guided_target_uses_the_null_class_and_the_interval():
+  """With omega = 1, kappa = 0 the guided step equals the plain conditional step; with
+  guidance outside every sampled t (an empty interval at t = 0) it does too."""
+  c = digits_config(**{"loss.p": 0.0})  # p = 1 would map every loss to about 1
+  model = training.build_model(c)
+  tx = training.make_optimizer(c.optimizer, c.train.steps)
+  state = init_state(jax.random.key(0), model, tx, np.zeros((1, 8, 8, 1), np.float32), 1)
+  # A non-zero head, so u(z, t, t | y) differs between classes.
+  state = state.replace(params=jax.tree.map(lambda p: p + 0.05, state.params))
+  x, y = loop.make_source(c).batch(0)
+
+  def step(**g):
+    cfg = c.guidance.copy_and_resolve_references()
+    for k, v in g.items():
+      cfg[k] = v
+    fn = functools.partial(training.train_step, apply_fn=model.apply, tx=tx, objective="meanflow",
+                           time_cfg=c.time, loss_cfg=c.loss, ema_decays=(0.9,),
+                           guidance_cfg=cfg, num_classes=10)
+    return float(jax.jit(fn)(state, (x, y), jax.random.key(1))[1]["loss"])
+
+  plain = step(omega=1.0, kappa=0.0)
+  assert step(omega=1.0, kappa=0.5, t_min=0.0, t_max=0.0) == pytest.approx(plain, rel=1e-6)
+  assert abs(step(omega=1.0, kappa=0.5) - plain) > 1e-4 * abs(plain)
+  assert abs(step(omega=2.0, kappa=0.0) - plain) > 1e-4 * abs(plain)
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("model.num_classes", 5, "has 10 classes"),
+    ("data.source", "array", "reads data.path"),
+    ("guidance.label_dropout", 0.0, "needs the null class"),
+    ("guidance.t_max", 1.5, "guidance.t_max"),
+    ("model.variant", "Q/3", "model.variant"),
+])
+def test_bad_image_configs_fail_before_anything_is_written(tmp_path, key, value, needle):
+  with pytest.raises(ConfigError, match=re.escape(needle)):
+    training.train(digits_config(**{key: value}), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()

@@ -1,4 +1,4 @@
-"""Quality metrics."""
-from meanflow_jax.metrics import toy
+"""Quality metrics: exact ones on mixtures, Frechet distances, the project's classifier."""
+from meanflow_jax.metrics import classifier, frechet, toy
 
-__all__ = ["toy"]
+__all__ = ["classifier", "frechet", "toy"]

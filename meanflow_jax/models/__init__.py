@@ -1,8 +1,34 @@
-"""Networks u_theta(z, r, t | y), built by name from a registry."""
+"""Networks u_theta(z, r, t | y), built by name (and preset variant) from a registry.
+
+Every model is called as `model.apply(variables, z, r, t, y=None, *, train=False)`
+and returns u of z's shape. Parameters carry logical axis names, so `model.init`
+returns `nn.Partitioned` boxes: `nn.get_partition_spec(variables)` reads the
+names, `flax.linen.meta.unbox(variables)` the plain arrays; `apply` takes either.
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from meanflow_jax.models import dit, unet
+from meanflow_jax.models.dit import DiT
 from meanflow_jax.models.mlp import MLP
+from meanflow_jax.models.unet import UNet
+
+__all__ = ["DiT", "MLP", "UNet", "available", "build", "param_count", "variants"]
 
 _REGISTRY = {
+    "dit": DiT,
     "mlp": MLP,
+    "unet": UNet,
+}
+
+# Named presets of constructor kwargs, per model.
+_VARIANTS = {
+    "dit": dit.VARIANTS,
+    "mlp": {},
+    "unet": unet.VARIANTS,
 }
 
 
@@ -11,8 +37,57 @@ def available():
   return sorted(_REGISTRY)
 
 
-def build(name, **kwargs):
-  """Builds the model registered as `name` with constructor `kwargs`."""
+def _check_name(name):
   if name not in _REGISTRY:
     raise ValueError(f"unknown model {name!r}; available: {available()}.")
-  return _REGISTRY[name](**kwargs)
+
+
+def variants(name):
+  """Names of the presets of model `name` (e.g. "XL/2" for "dit"); [] if it has none."""
+  _check_name(name)
+  return list(_VARIANTS[name])
+
+
+def build(name, variant=None, **overrides):
+  """The model `name`, from the preset `variant` (if given) with `overrides` on top.
+
+  `build("dit", "B/2", num_classes=1000)`; `build("mlp", width=64)`.
+
+  Raises:
+    ValueError: unknown name, variant or constructor argument, listing those that exist.
+  """
+  _check_name(name)
+  kwargs = {}
+  if variant is not None:
+    if variant not in _VARIANTS[name]:
+      raise ValueError(f"unknown variant {variant!r} of model {name!r}; "
+                       f"available: {variants(name) or 'none'}.")
+    kwargs.update(_VARIANTS[name][variant])
+  kwargs.update(overrides)
+  # Lists (from configs or the command line) become tuples, so that the module
+  # stays hashable (a static argument of jax.jit).
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  cls = _REGISTRY[name]
+  fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; "
+                     f"it takes {fields}.")
+  return cls(**kwargs)
+
+
+def param_count(model, input_shape):
+  """Number of parameters of `model` for inputs of per-sample shape `input_shape`.
+
+  Shapes only (`jax.eval_shape` of `model.init`), so it costs no memory even for
+  XL/2. A conditional model (num_classes > 0) counts its label table of
+  num_classes + 1 rows.
+
+  Args:
+    model: a registered flax module.
+    input_shape: one sample's shape without the batch: `(H, W, C)` or `(D,)`.
+  """
+  z = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), z, t, t)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))

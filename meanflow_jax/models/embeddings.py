@@ -19,7 +19,11 @@ def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
 
 
 class TimeEmbedding(nn.Module):
-  """Sinusoidal features of a time, then a two-layer MLP: `[B]` -> `[B, features]`."""
+  """Sinusoidal features of a time, then a two-layer MLP: `[B]` -> `[B, features]`.
+
+  Parameters carry logical axis names ("time" -> "mlp" -> "embed"); the
+  initial values are those of plain `nn.Dense`.
+  """
   features: int
   freq_dim: int = 256
   scale: float = 1000.0
@@ -27,5 +31,13 @@ class TimeEmbedding(nn.Module):
   @nn.compact
   def __call__(self, t):
     h = sinusoidal_embedding(t, self.freq_dim, self.scale)
-    h = nn.silu(nn.Dense(self.features, name="fc1")(h))
-    return nn.Dense(self.features, name="fc2")(h)
+    h = nn.silu(_named_dense(self.features, ("time", "mlp"), name="fc1")(h))
+    return _named_dense(self.features, ("mlp", "embed"), name="fc2")(h)
+
+
+def _named_dense(features, names, name):
+  """`nn.Dense` with default initialisers, kernel and bias tagged with axis `names`."""
+  return nn.Dense(
+      features, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.linear.default_kernel_init, names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))

@@ -4,6 +4,18 @@ import jax.numpy as jnp
 
 from meanflow_jax.models.embeddings import TimeEmbedding
 
+_named = nn.with_logical_partitioning
+_zeros = nn.initializers.zeros
+
+
+def _dense(features, names, name, kernel_init=nn.linear.default_kernel_init):
+  """`nn.Dense` whose kernel is tagged with axis `names` (in, out) and bias with (out,).
+
+  flax's own default initialisers, so the axis names left the initial values unchanged.
+  """
+  return nn.Dense(features, name=name, kernel_init=_named(kernel_init, names),
+                  bias_init=_named(_zeros, names[-1:]))
+
 
 class MLP(nn.Module):
   """u_theta(z, r, t | y) for vector data `[B, D]`.
@@ -33,14 +45,17 @@ class MLP(nn.Module):
     if self.num_classes:
       if y is None:
         y = jnp.full(z.shape[:1], self.num_classes, jnp.int32)  # null class
-      c = c + nn.Embed(self.num_classes + 1, self.width, name="y_embed")(y)
+      c = c + nn.Embed(self.num_classes + 1, self.width, name="y_embed",
+                       embedding_init=_named(nn.linear.default_embed_init, ("vocab", "embed")))(y)
     c = nn.silu(c)
-    h = nn.Dense(self.width, name="in")(z)
+    h = _dense(self.width, (None, "embed"), "in")(z)
     for i in range(self.depth):
-      scale, shift = jnp.split(nn.Dense(2 * self.width, name=f"mod{i}")(c), 2, axis=-1)
+      mod = _dense(2 * self.width, ("embed", "mlp"), f"mod{i}")(c)
+      scale, shift = jnp.split(mod, 2, axis=-1)
       a = nn.LayerNorm(use_scale=False, use_bias=False, name=f"norm{i}")(h)
       a = nn.silu(a * (1 + scale) + shift)
-      a = nn.silu(nn.Dense(self.width, name=f"fc{i}a")(a))
-      h = h + nn.Dense(self.width, name=f"fc{i}b")(a)
-    h = nn.silu(nn.LayerNorm(name="out_norm")(h))
-    return nn.Dense(z.shape[-1], name="out", kernel_init=nn.initializers.zeros)(h)
+      a = nn.silu(_dense(self.width, ("embed", "mlp"), f"fc{i}a")(a))
+      h = h + _dense(self.width, ("mlp", "embed"), f"fc{i}b")(a)
+    h = nn.silu(nn.LayerNorm(name="out_norm", scale_init=_named(nn.initializers.ones, ("norm",)),
+                             bias_init=_named(_zeros, ("norm",)))(h))
+    return _dense(z.shape[-1], ("embed", None), "out", kernel_init=_zeros)(h)

@@ -4,7 +4,9 @@ import os
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from meanflow_jax import sampling
 from meanflow_jax.errors import ConfigError, RunNotFoundError
@@ -17,7 +19,27 @@ class Run(NamedTuple):
   config: ml_collections.ConfigDict
   model: object
   params: object
-  data_shape: tuple  # shape of one data sample, e.g. (2,)
+  data_shape: tuple  # shape of one data sample, e.g. (2,) or (8, 8, 1)
+  num_classes: int   # classes of a conditional model; 0 for an unconditional one
+
+
+def _checkpointer(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise RunNotFoundError(f"{workdir}: no checkpoints/ folder; train there first.")
+  return ckpt_lib.Checkpointer(directory)
+
+
+def load_config(workdir, step=None):
+  """The config saved with the latest (or given) checkpoint of `workdir`."""
+  ckpt = _checkpointer(workdir)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise RunNotFoundError(f"{workdir}: no checkpoint saved yet.")
+    return ml_collections.ConfigDict(ckpt.restore_config(step))
+  finally:
+    ckpt.close()
 
 
 def load_run(workdir, params=None, step=None):
@@ -27,18 +49,16 @@ def load_run(workdir, params=None, step=None):
     params: "ema" for the first EMA copy, "raw" for the optimised parameters;
       None takes the run's `sample.params`.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise RunNotFoundError(f"{workdir}: no checkpoints/ folder; train there first.")
-  ckpt = ckpt_lib.Checkpointer(directory)
+  ckpt = _checkpointer(workdir)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise RunNotFoundError(f"{directory}: no checkpoint saved yet.")
+      raise RunNotFoundError(f"{workdir}: no checkpoint saved yet.")
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
     model = ts.build_model(config)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
-    data_shape = ckpt.restore_json("meta", step)["data_shape"]
+    meta = ckpt.restore_json("meta", step)
+    data_shape = meta["data_shape"]
     state = ckpt.restore_state(loop.abstract_state(config, model, tx, data_shape), step)
   finally:
     ckpt.close()
@@ -46,35 +66,51 @@ def load_run(workdir, params=None, step=None):
   if params not in ("ema", "raw"):
     raise ConfigError(f"params must be 'ema' or 'raw'; got {params!r}.")
   chosen = state.ema_params[0] if params == "ema" else state.params
-  return Run(config, model, chosen, tuple(data_shape))
+  return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes))
 
 
 def make_sampler(config, model, params, method=None):
-  """`sample(eps [B, ...], nfe) -> [B, ...]` for the run's objective, jitted per nfe.
+  """`sample(eps [B, ...], nfe, y=None) -> [B, ...]` for the run's objective, jitted per nfe.
 
   MeanFlow: `nfe` uniform jumps. Flow matching: Euler with `nfe` steps, or Heun
   with `nfe // 2` steps (nfe must then be even). The parameters are an argument
-  of the compiled function, not constants baked into it.
+  of the compiled function, not constants baked into it. `y` int `[B]` asks a
+  class-conditional model for those classes (guided as it was trained); None, or
+  the null class `num_classes`, gives unconditional samples. Unconditional models
+  ignore `y`.
   """
   method = method or config.sample.method
   if method not in sampling.METHODS:
     raise ConfigError(f"method must be one of {sampling.METHODS}; got {method!r}.")
 
+  k = int(config.model.num_classes)
+
   @functools.partial(jax.jit, static_argnums=2)
-  def _sample(params, eps, nfe):
+  def _sample(params, eps, nfe, y):
     if config.objective == "meanflow":
-      return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t), eps, nfe)
-    v_fn = lambda z, t: model.apply(params, z, t, t)
+      return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
+    v_fn = lambda z, t: model.apply(params, z, t, t, y)
     if method == "heun":
       return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
     return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
 
-  def sample(eps, nfe):
+  def sample(eps, nfe, y=None):
     nfe = int(nfe)
+    if k:
+      y = jnp.full((eps.shape[0],), k, jnp.int32) if y is None else jnp.asarray(y, jnp.int32)
+      if y.shape != (eps.shape[0],):
+        raise ConfigError(f"labels must have shape [{eps.shape[0]}] (one per sample); got "
+                          f"{tuple(y.shape)}.")
+      bad = np.asarray((y < 0) | (y > k))
+      if bad.any():
+        raise ConfigError(f"labels must lie in [0, {k}] ({k} = unconditional); got "
+                          f"{np.asarray(y)[bad][:5].tolist()}.")
+    else:
+      y = None
     if nfe < 1:
       raise ConfigError(f"nfe must be >= 1; got {nfe}.")
     if config.objective == "flow_matching" and method == "heun" and nfe % 2:
       raise ConfigError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
-    return _sample(params, eps, nfe)
+    return _sample(params, eps, nfe, y)
 
   return sample

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax.data import PointSource
-from meanflow_jax.errors import CheckpointMismatchError, Interrupted, NonFiniteError
+from meanflow_jax.data import PointSource, images
+from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
+                                 NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import train_step
@@ -24,9 +25,46 @@ def run_keys(seed):
   return key_init, key_steps, key_data
 
 
+VECTOR_SOURCES = ("mixture", "points")
+
+
+class _Points:
+  """A `PointSource` seen as a source of (x, y) batches with unused labels."""
+  num_classes = 0
+
+  def __init__(self, source):
+    self.source = source
+    self.shape = (source.dim,)
+
+  def batch(self, step):
+    x = self.source.batch(step)
+    return x, jnp.zeros((x.shape[0],), jnp.int32)
+
+
 def make_source(config):
-  return PointSource(batch_size=config.train.batch_size, key=run_keys(config.seed)[2],
-                     path=config.data.path, mixture_name=config.data.mixture)
+  """The run's data: `.batch(step) -> (x [B, ...], y int [B])`, `.shape`, `.num_classes`.
+
+  Raises DataError for data that cannot be used, ConfigError for a model whose
+  classes do not fit the data's labels.
+  """
+  d = config.data
+  if d.source in VECTOR_SOURCES:
+    if d.source == "points" and not d.path:
+      raise ConfigError("data.source = 'points' needs data.path (a .npy [N, D] array).")
+    source = _Points(PointSource(batch_size=config.train.batch_size, key=run_keys(config.seed)[2],
+                                 path=d.path if d.source == "points" else "",
+                                 mixture_name=d.mixture))
+  else:
+    source = images.make_image_source(d.source, path=d.path, batch_size=config.train.batch_size,
+                                      seed=config.seed, flip=d.flip, latent_scale=d.latent_scale)
+  k = config.model.num_classes
+  if k and not source.num_classes:
+    raise ConfigError(f"model.num_classes = {k} asks for a class-conditional model, but the "
+                      f"{d.source!r} data has no labels; set model.num_classes = 0.")
+  if k and source.num_classes > k:
+    raise ConfigError(f"the {d.source!r} data has {source.num_classes} classes; model.num_classes "
+                      f"= {k} is too few.")
+  return source
 
 
 def abstract_state(config, model, tx, data_shape):
@@ -80,7 +118,7 @@ def train(config, workdir):
   model = ts.build_model(config)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
-  meta = {"data_shape": [source.dim]}
+  meta = {"data_shape": list(source.shape), "num_classes": source.num_classes}
 
   os.makedirs(workdir, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -88,7 +126,7 @@ def train(config, workdir):
   start = ckpt.latest_step()
   if start is None:
     state = jax.jit(functools.partial(
-        ts.init_state, model=model, tx=tx, example_x=jnp.zeros((1, source.dim)),
+        ts.init_state, model=model, tx=tx, example_x=jnp.zeros((1, *source.shape)),
         num_ema=len(config.train.ema_decays)))(key_init)
     start = 0
   else:
@@ -104,7 +142,8 @@ def train(config, workdir):
 
   step_fn = functools.partial(
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
-      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays))
+      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
+      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
   # Compiled once, ahead of time; the loop calls the executable directly.
   compiled = jax.jit(step_fn, donate_argnums=0).lower(
       state, source.batch(start), key_steps).compile()

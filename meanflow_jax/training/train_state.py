@@ -2,6 +2,7 @@
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,12 +19,36 @@ class TrainState:
   ema_params: tuple      # one copy of params per EMA decay
 
 
-def build_model(config):
-  """The flax module named by `config.model.name`, with its section's kwargs."""
-  name = config.model.name
-  section = config.model.get(name)
+def _is_unset(value):
+  """The config's "keep the variant's value" markers: 0, 0.0, (), (-1,), -1.0."""
+  if isinstance(value, (tuple, list)):
+    return len(value) == 0 or tuple(value) == (-1,)
+  return value == 0 or value == -1.0
+
+
+def model_kwargs(model_cfg):
+  """Constructor kwargs from the model's config section.
+
+  Without a variant every key of the section is passed; with one, only the keys
+  set away from their "unset" marker override the variant's preset.
+  """
+  section = model_cfg.get(model_cfg.name)
   kwargs = dict(section) if section is not None else {}
-  return models.build(name, **kwargs)
+  if model_cfg.variant:
+    kwargs = {k: v for k, v in kwargs.items() if not _is_unset(v)}
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return kwargs
+
+
+def build_model(config):
+  """The flax module named by `config.model.name` (and `variant`), with its section's kwargs."""
+  m = config.model
+  kwargs = model_kwargs(m)
+  if m.num_classes:
+    kwargs["num_classes"] = m.num_classes
+  if m.variant:
+    return models.build(m.name, m.variant, **kwargs)
+  return models.build(m.name, **kwargs)
 
 
 def make_optimizer(opt, total_steps):
@@ -49,9 +74,14 @@ def make_optimizer(opt, total_steps):
 
 
 def init_state(key, model, tx, example_x, num_ema):
-  """A fresh TrainState; `example_x` `[B, ...]` fixes the input shape."""
+  """A fresh TrainState; `example_x` `[B, ...]` fixes the input shape.
+
+  The parameters are unboxed: their logical axis names (`nn.get_partition_spec` of
+  `model.init`) are read from the model where shardings are made, not carried here.
+  """
   b = example_x.shape[0]
   t = jnp.ones((b,), jnp.float32)
-  params = model.init(key, example_x, t, t)
+  y = jnp.zeros((b,), jnp.int32) if getattr(model, "num_classes", 0) else None
+  params = nn.meta.unbox(model.init(key, example_x, t, t, y))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=tuple(params for _ in range(num_ema)))

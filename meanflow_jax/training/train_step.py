@@ -7,36 +7,75 @@ from meanflow_jax import objectives, paths, timesteps
 from meanflow_jax.errors import ConfigError
 
 
-def train_step(state, x, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays):
-  """state, x `[B, ...]`, base key -> (new state, metrics).
+def _per_sample_bernoulli(key, p, b):
+  """`[B]` bools, sample i from `fold_in(key, i)`: the same for any batch split."""
+  return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), p))(jnp.arange(b))
+
+
+def guidance_active(guidance_cfg, num_classes):
+  """Whether the target needs the guided velocity (two extra forward passes)."""
+  return bool(num_classes) and (guidance_cfg.omega != 1.0 or guidance_cfg.kappa != 0.0)
+
+
+def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays,
+               guidance_cfg=None, num_classes=0):
+  """state, batch (x `[B, ...]`, y int `[B]`), base key -> (new state, metrics).
 
   The step's randomness is `fold_in(base_key, state.step)` and, within it, per
   sample (`fold_in(key, i)`), so it depends only on the step number and the
   sample's index. `metrics["finite"]` is 0 after a non-finite loss or gradient;
   the loop stops there and never saves that state.
+
+  Class-conditional models (`num_classes > 0`) see the label replaced by the null
+  class `num_classes` for a `guidance_cfg.label_dropout` fraction of samples, and
+  with guidance (omega, kappa) the target velocity is the guided v~ of
+  `objectives.guided_velocity`, whose u(z_t, t, t | .) terms come from the current
+  parameters under a stop-gradient. Unconditional models ignore `y`.
   """
+  x, y = batch
   key = jax.random.fold_in(base_key, state.step)
-  key_eps, key_time = jax.random.split(key)
+  key_eps, key_time, key_drop, key_dropout = jax.random.split(key, 4)
   b = x.shape[0]
   eps = paths.sample_noise(key_eps, b, x.shape[1:], x.dtype)
+  rngs = {"dropout": key_dropout}
 
   if objective == "meanflow":
     t, r = timesteps.sample_t_r(key_time, b, distribution=time_cfg.distribution,
                                 mu=time_cfg.mu, sigma=time_cfg.sigma,
                                 ratio_r_neq_t=time_cfg.ratio_r_neq_t)
-
-    def loss_fn(params):
-      u_fn = lambda z, r, t: apply_fn(params, z, r, t)
-      return objectives.meanflow_loss(u_fn, x, eps, t=t, r=r, p=loss_cfg.p, c=loss_cfg.c)
   elif objective == "flow_matching":
     t = timesteps.sample_t(key_time, b, distribution=time_cfg.distribution,
                            mu=time_cfg.mu, sigma=time_cfg.sigma)
-
-    def loss_fn(params):
-      v_fn = lambda z, t: apply_fn(params, z, t, t)
-      return objectives.flow_matching_loss(v_fn, x, eps, t=t, p=loss_cfg.p, c=loss_cfg.c)
+    r = t
   else:
     raise ConfigError(f"unknown objective {objective!r}; use 'meanflow' or 'flow_matching'.")
+
+  v = None
+  if num_classes:
+    null = jnp.full_like(y, num_classes)
+    is_null = _per_sample_bernoulli(key_drop, guidance_cfg.label_dropout, b)
+    y_in = jnp.where(is_null, null, y)
+    if guidance_active(guidance_cfg, num_classes):
+      # u(z_t, t, t | y) and u(z_t, t, t | null) in one batched pass, without dropout.
+      z = paths.interpolate(x, eps, t)
+      both = apply_fn(state.params, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
+                      jnp.concatenate([t, t]), jnp.concatenate([y, null]))
+      u_cond, u_uncond = jnp.split(jax.lax.stop_gradient(both), 2)
+      v = objectives.guided_velocity(
+          paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t,
+          omega=guidance_cfg.omega, kappa=guidance_cfg.kappa,
+          t_interval=(guidance_cfg.t_min, guidance_cfg.t_max), is_null=is_null)
+  else:
+    y_in = None
+
+  if objective == "meanflow":
+    def loss_fn(params):
+      u_fn = lambda z, r, t: apply_fn(params, z, r, t, y_in, train=True, rngs=rngs)
+      return objectives.meanflow_loss(u_fn, x, eps, t=t, r=r, v=v, p=loss_cfg.p, c=loss_cfg.c)
+  else:
+    def loss_fn(params):
+      v_fn = lambda z, t: apply_fn(params, z, t, t, y_in, train=True, rngs=rngs)
+      return objectives.flow_matching_loss(v_fn, x, eps, t=t, v=v, p=loss_cfg.p, c=loss_cfg.c)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)

@@ -3,6 +3,7 @@ from meanflow_jax import models, sampling, timesteps
 from meanflow_jax.errors import ConfigError
 
 OBJECTIVES = ("meanflow", "flow_matching")
+SOURCES = ("mixture", "points", "digits", "mnist", "array", "folder", "cifar10", "latents")
 
 
 def _one_of(name, value, options):
@@ -19,6 +20,25 @@ def check_config(c):
   """Raises ConfigError naming the first key whose value cannot work."""
   _one_of("objective", c.objective, OBJECTIVES)
   _one_of("model.name", c.model.name, models.available())
+  if c.model.variant:
+    _one_of("model.variant", c.model.variant, models.variants(c.model.name))
+  _one_of("data.source", c.data.source, SOURCES)
+  if c.data.source in ("points", "array", "folder", "latents") and not c.data.path:
+    raise ConfigError(f"data.source = {c.data.source!r} reads data.path; it is empty.")
+  if c.model.num_classes < 0:
+    raise ConfigError(f"model.num_classes must be >= 0; got {c.model.num_classes}.")
+  g = c.guidance
+  if not 0.0 <= g.label_dropout < 1.0:
+    raise ConfigError(f"guidance.label_dropout must lie in [0, 1); got {g.label_dropout}.")
+  if not 0.0 <= g.t_min <= g.t_max <= 1.0:
+    raise ConfigError(f"need 0 <= guidance.t_min <= guidance.t_max <= 1; got "
+                      f"[{g.t_min}, {g.t_max}].")
+  if c.model.num_classes and (g.omega != 1.0 or g.kappa != 0.0) and g.label_dropout == 0.0:
+    raise ConfigError("guidance (omega, kappa) needs the null class to be trained: set "
+                      "guidance.label_dropout > 0 (the paper uses 0.1).")
+  if g.kappa >= 1.0:
+    raise ConfigError(f"guidance.kappa must be < 1 (the scale is omega / (1 - kappa)); got "
+                      f"{g.kappa}.")
   _one_of("time.distribution", c.time.distribution, timesteps.DISTRIBUTIONS)
   _one_of("optimizer.name", c.optimizer.name, ("adam", "adamw"))
   _one_of("optimizer.schedule", c.optimizer.schedule, ("constant", "cosine"))
