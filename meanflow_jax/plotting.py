@@ -46,13 +46,14 @@ def scatter(panels, path, log_prob=None, lim=None, ncols=None):
   return path
 
 
-def metrics_vs_nfe(rows, metrics, path, thresholds=None):
+def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
   """One panel per metric: value against NFE (log axis), a line per method.
 
   Args:
     rows: dicts with "method", "nfe" and each metric.
     metrics: metric names to plot.
     thresholds: optional {metric: value} drawn as a dashed line.
+    log_metrics: metrics drawn on a log axis (values spanning decades).
   """
   thresholds = thresholds or {}
   fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
@@ -63,7 +64,7 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None):
       ax.plot([r["nfe"] for r in rs], [r[m] for r in rs], "o-", color=f"C{i}", label=method)
     if m in thresholds:
       ax.axhline(thresholds[m], color="0.5", ls="--", lw=1)
-    ax.set(xscale="log", xlabel="NFE", title=m)
+    ax.set(xscale="log", xlabel="NFE", title=m, yscale="log" if m in log_metrics else "linear")
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -91,32 +92,36 @@ def mosaic(images, ncols, pad=1):
   return out
 
 
-def image_grids(panels, path, ncols, row_labels=None, pixels_per_inch=30):
-  """Writes a PNG with one image grid per panel, side by side.
+def image_grids(panels, path, ncols, row_labels=None, panels_per_row=None, pixels_per_inch=30):
+  """Writes a PNG with one image grid per panel.
 
   Args:
     panels: list of (title, images `[N, H, W, C]` in [-1, 1]); each is tiled
       `ncols` images a row (e.g. one row per class).
-    row_labels: optional labels written left of the rows of the first panel.
+    row_labels: optional labels written left of the rows of each panel.
+    panels_per_row: panels side by side before a new row of panels (default all).
     pixels_per_inch: size of the figure relative to the tiled grids.
   """
   tiles = [(title, mosaic(x, ncols)) for title, x in panels]
   h, w = tiles[0][1].shape[:2]
+  per_row = panels_per_row or len(tiles)
+  nrows = -(-len(tiles) // per_row)
   size = lambda pixels: max(2.0, pixels / pixels_per_inch)
-  fig, axes = plt.subplots(1, len(tiles), squeeze=False,
-                           figsize=(len(tiles) * size(w), size(h) + 0.4))
-  for ax, (title, tile) in zip(axes[0], tiles):
+  fig, axes = plt.subplots(nrows, per_row, squeeze=False,
+                           figsize=(per_row * size(w), nrows * (size(h) + 0.4)))
+  for ax, (title, tile) in zip(axes.ravel(), tiles):
     gray = tile.shape[-1] == 1
     ax.imshow(tile[..., 0] if gray else tile, cmap="gray" if gray else None, vmin=0, vmax=255,
               interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-  if row_labels is not None:
-    rows = len(row_labels)
-    step = h / rows
-    axes[0, 0].set_yticks([step * (i + 0.5) for i in range(rows)], [str(l) for l in row_labels],
-                          fontsize=7)
+    if row_labels is not None:
+      step = tile.shape[0] / len(row_labels)
+      ax.set_yticks([step * (i + 0.5) for i in range(len(row_labels))],
+                    [str(l) for l in row_labels], fontsize=7)
+  for ax in axes.ravel()[len(tiles):]:
+    ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

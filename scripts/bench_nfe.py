@@ -93,10 +93,11 @@ def _write_images(rows, panels, ev, base, config):
     f.write(evaluate.markdown_table(rows, IMAGE_COLUMNS) + "\n")
   curves = [r for r in rows if r["nfe"] != ""]
   metrics = ["clf_fd", "agreement"] if config.model.num_classes else ["clf_fd", "class_tv"]
-  plotting.metrics_vs_nfe(curves, metrics, base + ".png", thresholds={"agreement": 0.9})
+  plotting.metrics_vs_nfe(curves, metrics, base + ".png", thresholds={"agreement": 0.9},
+                          log_metrics=("clf_fd",))
   k = config.model.num_classes
   plotting.image_grids(panels, base + "_samples.png", ncols=config.sample.grid_per_class,
-                       row_labels=list(range(k)) if k else None)
+                       row_labels=list(range(k)) if k else None, panels_per_row=3)
   print(evaluate.markdown_table(rows, IMAGE_COLUMNS))
 
 

@@ -26,6 +26,11 @@ def tiny_config(**overrides):
   c.train.log_every = 10
   c.train.checkpoint_every = 20
   c.optimizer.lr = 1e-3
+  return override(c, overrides)
+
+
+def override(c, overrides):
+  """Sets dotted keys ("train.steps") of config `c`."""
   for k, v in overrides.items():
     node = c
     *path, last = k.split(".")
@@ -186,13 +191,7 @@ def digits_config(**overrides):
                      "model.dit.depth": 1, "model.dit.num_heads": 2, "model.dit.mlp_ratio": 2.0,
                      "model.dit.time_scale": 100.0, "guidance.omega": 1.0,
                      "guidance.kappa": 0.5, "train.batch_size": 16, "train.steps": 20})
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return override(c, overrides)
 
 
 @pytest.mark.parametrize("objective", ["meanflow", "flow_matching"])

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meanflow_jax.models.embeddings import TimeEmbedding
+from meanflow_jax.models.embeddings import conditioning
 
 # depth, hidden size, heads of the paper's sizes (M is MeanFlow's; the rest are DiT's).
 SIZES = {
@@ -179,17 +179,8 @@ class DiT(nn.Module):
                        f"got {height}x{width}.")
     gh, gw = height // p, width // p
 
-    c = TimeEmbedding(dim, 256, self.time_scale, name="t_embed")(t)
-    c = c + TimeEmbedding(dim, 256, self.time_scale, name="h_embed")(t - r)
-    if self.num_classes:
-      if y is None:
-        y = jnp.full((b,), self.num_classes, jnp.int32)  # null class
-      # Unit-variance label vectors: DiT's 0.02 leaves the label ~50x weaker than the
-      # time embeddings in c, and on a short budget (digits, 600 steps) the model then
-      # ignored the class entirely (classifier agreement 10 % vs 100 % with 1.0).
-      c = c + nn.Embed(self.num_classes + 1, dim, name="y_embed",
-                       embedding_init=_named(nn.initializers.normal(1.0),
-                                             ("vocab", "embed")))(y)
+    c = conditioning(t, r, y, features=dim, freq_dim=256, scale=self.time_scale,
+                     num_classes=self.num_classes)
     c = nn.silu(c)
 
     x = nn.Conv(dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed",

@@ -41,3 +41,24 @@ def _named_dense(features, names, name):
       features, name=name,
       kernel_init=nn.with_logical_partitioning(nn.linear.default_kernel_init, names),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
+
+
+def conditioning(t, r, y, *, features, freq_dim, scale, num_classes):
+  """c = emb(t) + emb(t - r) + emb(y), `[B, features]`, before the nonlinearity.
+
+  Called inside a module's compact `__call__`, so the submodules ("t_embed",
+  "h_embed", "y_embed") belong to that module. The paper conditions on (t, t - r).
+  With `num_classes`, y None means the null class `num_classes` for every sample.
+  Label vectors start at unit variance: DiT's 0.02 leaves the label ~50x weaker
+  than the time embeddings, and on a short budget (digits, 600 steps) a DiT then
+  ignored the class (classifier agreement 10 %, against 100 % with 1.0).
+  """
+  c = TimeEmbedding(features, freq_dim, scale, name="t_embed")(t)
+  c = c + TimeEmbedding(features, freq_dim, scale, name="h_embed")(t - r)
+  if num_classes:
+    if y is None:
+      y = jnp.full(t.shape[:1], num_classes, jnp.int32)
+    c = c + nn.Embed(num_classes + 1, features, name="y_embed",
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                 ("vocab", "embed")))(y)
+  return c

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meanflow_jax.models.dit import SelfAttention, at_least_float32
-from meanflow_jax.models.embeddings import TimeEmbedding
+from meanflow_jax.models.embeddings import conditioning
 
 VARIANTS = {
     # The paper's CIFAR-10 network (55,798,275 parameters on 32x32x3).
@@ -158,14 +158,8 @@ class UNet(nn.Module):
           f"{height}x{width}. Use fewer entries in channel_mult or pad the images.")
 
     emb_dim = 4 * self.base_channels
-    c = TimeEmbedding(emb_dim, self.base_channels, self.time_scale, name="t_embed")(t)
-    c = c + TimeEmbedding(emb_dim, self.base_channels, self.time_scale, name="h_embed")(t - r)
-    if self.num_classes:
-      if y is None:
-        y = jnp.full((b,), self.num_classes, jnp.int32)  # null class
-      c = c + nn.Embed(self.num_classes + 1, emb_dim, name="y_embed",
-                       embedding_init=_named(nn.initializers.normal(1.0),
-                                             ("vocab", "embed")))(y)
+    c = conditioning(t, r, y, features=emb_dim, freq_dim=self.base_channels,
+                     scale=self.time_scale, num_classes=self.num_classes)
     emb = nn.silu(c)
 
     block = lambda features, name, resample="": ResBlock(
