@@ -122,3 +122,67 @@ def test_evaluate_writes_json_and_png(trained):
     for k in a:
       assert a[k] == (pytest.approx(b[k], rel=1e-5) if isinstance(a[k], float) else b[k])
   assert (trained / "eval.png").stat().st_size > 1000
+
+
+DIGITS_TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1",
+               "--config.model.dit.num_heads=2", "--config.model.dit.patch_size=4",
+               "--config.train.batch_size=16", "--config.train.log_every=5",
+               "--config.train.checkpoint_every=5", "--config.train.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  work = tmp_path_factory.mktemp("digits")
+  proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return work
+
+
+def test_sample_images_by_class_and_labels(digits_run, tmp_path):
+  proc = run("sample.py", "--workdir", str(digits_run), "--nfe", "1", "--num", "20",
+             "--out", str(tmp_path / "a.npy"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  a = np.load(tmp_path / "a.npy")
+  assert a.shape == (20, 8, 8, 1) and np.isfinite(a).all()
+  assert (tmp_path / "a.png").stat().st_size > 1000
+  # Classes in turn by default: the same as asking for labels 0..9, 0..9 explicitly.
+  np.save(tmp_path / "y.npy", np.arange(20) % 10)
+  proc = run("sample.py", "--workdir", str(digits_run), "--nfe", "1", "--labels",
+             str(tmp_path / "y.npy"), "--out", str(tmp_path / "b.npy"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "b.npy"), a, rtol=1e-5, atol=1e-6)
+  proc = run("sample.py", "--workdir", str(digits_run), "--nfe", "2", "--class", "7", "--num",
+             "4", "--out", str(tmp_path / "c.npy"))
+  assert proc.returncode == 0 and np.load(tmp_path / "c.npy").shape == (4, 8, 8, 1)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--class", "11"], "classes must lie in [0, 10]"),
+    (["--labels", "LABELS", "--class", "3"], "not both"),
+    (["--labels", "BADLABELS"], "int array [M]"),
+    (["--noise", "NOISE"], "[M, 8, 8, 1]"),
+])
+def test_sample_images_bad_input(digits_run, tmp_path, args, needle):
+  np.save(tmp_path / "labels.npy", np.arange(4))
+  np.save(tmp_path / "bad.npy", np.zeros(4, np.float32))
+  np.save(tmp_path / "noise.npy", np.zeros((4, 8, 8, 3), np.float32))
+  files = {"LABELS": "labels.npy", "BADLABELS": "bad.npy", "NOISE": "noise.npy"}
+  args = [str(tmp_path / files[a]) if a in files else a for a in args]
+  proc = run("sample.py", "--workdir", str(digits_run), *args, "--out", str(tmp_path / "s.npy"))
+  assert_clean_error(proc, needle)
+  assert not (tmp_path / "s.npy").exists()
+
+
+def test_evaluate_images_writes_table_and_grid(digits_run, tmp_path):
+  env = dict(os.environ, MEANFLOW_JAX_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
+                         "--workdir", str(digits_run), "--nfe", "1", "2", "--num", "60"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.load(open(digits_run / "eval.json"))
+  assert [r["nfe"] for r in rows] == [1, 2, ""]
+  assert all(0.0 <= r["agreement"] <= 1.0 and r["clf_fd"] > 0 for r in rows)
+  assert rows[-1]["classifier_heldout_accuracy"] > 0.95
+  assert "| meanflow | 1 |" in open(digits_run / "eval.md").read()
+  assert (digits_run / "eval.png").stat().st_size > 1000
+  assert os.listdir(tmp_path / "cache")  # the classifier was cached
