@@ -1,11 +1,12 @@
 """MeanFlow DiT on ImageNet 256 latents, the paper's recipe; the variant is the config's argument.
 
   python scripts/train.py --config configs/imagenet_dit.py:B/2 --workdir runs/in256_b2 \
-      --config.data.path=/data/imagenet256_sd_latents.npz
+      --config.data.path=/data/imagenet256_sd_latents.npy
 
-data.path: precomputed SD-VAE (ft-mse) latents [N, 32, 32, 4] with labels (an .npz with
-`latents`/`images`/`x` and `labels`/`y`, or a .npy without labels), unscaled: the
-0.18215 factor is applied when batches are drawn. Variants: B/2, M/2, L/2, XL/2
+data.path: precomputed SD-VAE (ft-mse) latents [N, 32, 32, 4], unscaled (the 0.18215
+factor is applied when batches are drawn): a .npy, memory-mapped, with its labels
+[N] in `<name>.labels.npy` beside it; or a small .npz with `images` (or `x`) and
+`labels` (or `y`), which is read whole. Variants: B/2, M/2, L/2, XL/2
 (the paper's sizes) and S/2, XL/2+ (XL/2 with the 1000-epoch guidance setting).
 Guidance per size as in the paper (omega, kappa, t interval); the 1-NFE FID-50k the
 paper reports: B/2 6.17, M/2 5.01, L/2 3.84, XL/2 3.43.

@@ -37,13 +37,23 @@ _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching so
 flags.mark_flags_as_required(["workdir", "out"])
 
 
+def _load_array(path):
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file.")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise DataError(f"{path}: not a plain .npy array ({e}).") from e
+
+
 def _load_noise(path, shape):
   if len(shape) == 1:
     eps = points.load_points(path)  # rank 2, finite, float32
   else:
-    if not os.path.exists(path):
-      raise DataError(f"{path}: no such file.")
-    eps = np.load(path, allow_pickle=False).astype(np.float32)
+    eps = _load_array(path)
+    if not np.issubdtype(eps.dtype, np.number) or eps.ndim < 1:
+      raise DataError(f"{path}: noise must be a float array; got {eps.dtype} {eps.shape}.")
+    eps = eps.astype(np.float32)
     if not np.all(np.isfinite(eps)):
       raise DataError(f"{path}: {int((~np.isfinite(eps)).sum())} non-finite values in the noise.")
   if eps.shape[1:] != tuple(shape):
@@ -62,9 +72,7 @@ def _labels(run, num):
   if _LABELS.value and _CLASS.value is not None:
     raise ConfigError("give --labels or --class, not both.")
   if _LABELS.value:
-    if not os.path.exists(_LABELS.value):
-      raise DataError(f"{_LABELS.value}: no such file.")
-    y = np.load(_LABELS.value, allow_pickle=False)
+    y = _load_array(_LABELS.value)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
       raise DataError(f"{_LABELS.value}: labels must be an int array [M]; got {y.dtype} "
                       f"{y.shape}.")
@@ -95,7 +103,8 @@ def main(argv):
       raise DataError(f"--num {num} disagrees with the {eps.shape[0]} rows of {_NOISE.value}.")
     num = eps.shape[0]
   elif num is None and _LABELS.value and run.num_classes:
-    num = np.load(_LABELS.value, allow_pickle=False).shape[0]
+    y = _load_array(_LABELS.value)
+    num = y.shape[0] if y.ndim == 1 else None  # a bad shape is reported by _labels
   num = num or (1000 if len(shape) == 1 else 100)
   y = _labels(run, num)
   if not _NOISE.value:

@@ -161,12 +161,14 @@ def test_sample_images_by_class_and_labels(digits_run, tmp_path):
     (["--labels", "LABELS", "--class", "3"], "not both"),
     (["--labels", "BADLABELS"], "int array [M]"),
     (["--noise", "NOISE"], "[M, 8, 8, 1]"),
+    (["--labels", "MISSING"], "no such file"),
 ])
 def test_sample_images_bad_input(digits_run, tmp_path, args, needle):
   np.save(tmp_path / "labels.npy", np.arange(4))
   np.save(tmp_path / "bad.npy", np.zeros(4, np.float32))
   np.save(tmp_path / "noise.npy", np.zeros((4, 8, 8, 3), np.float32))
-  files = {"LABELS": "labels.npy", "BADLABELS": "bad.npy", "NOISE": "noise.npy"}
+  files = {"LABELS": "labels.npy", "BADLABELS": "bad.npy", "NOISE": "noise.npy",
+           "MISSING": "missing.npy"}
   args = [str(tmp_path / files[a]) if a in files else a for a in args]
   proc = run("sample.py", "--workdir", str(digits_run), *args, "--out", str(tmp_path / "s.npy"))
   assert_clean_error(proc, needle)

@@ -5,6 +5,7 @@ import re
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -250,8 +251,57 @@ def test_guided_target_uses_the_null_class_and_the_interval():
     ("guidance.label_dropout", 0.0, "needs the null class"),
     ("guidance.t_max", 1.5, "guidance.t_max"),
     ("model.variant", "Q/3", "model.variant"),
+    ("model.dit.patch_size", 3, "does not fit data of shape (8, 8, 1)"),
+    ("model.dit.num_heads", 0, "cannot be built"),
 ])
 def test_bad_image_configs_fail_before_anything_is_written(tmp_path, key, value, needle):
   with pytest.raises(ConfigError, match=re.escape(needle)):
     training.train(digits_config(**{key: value}), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_guided_target_velocity_per_sample():
+  """A stub network whose output is its label shows which label each term used:
+  v~ = omega v_t + kappa y + (1 - omega - kappa) null inside the interval, else v_t."""
+  import ml_collections
+  from meanflow_jax.training.train_step import guided_target_velocity
+  stub = lambda params, z, r, t, y: jnp.broadcast_to(
+      y.astype(jnp.float32)[:, None, None, None], z.shape)
+  x = jnp.zeros((4, 2, 2, 1))
+  eps = jnp.ones((4, 2, 2, 1))  # v_t = eps - x = 1
+  t = jnp.array([0.2, 0.5, 0.9, 0.5])
+  y = jnp.array([3, 3, 3, 7])
+  is_null = jnp.array([False, False, False, True])
+  g = ml_collections.ConfigDict(dict(omega=0.5, kappa=0.25, t_min=0.0, t_max=0.8))
+  v = guided_target_velocity(stub, None, x, eps, t, y, is_null, g, num_classes=10)
+  inside = 0.5 * 1 + 0.25 * 3 + 0.25 * 10
+  np.testing.assert_allclose(v[:, 0, 0, 0], [inside, inside, 1.0, 1.0], rtol=1e-6)
+
+
+def test_zero_dropout_and_no_attention_override_a_preset():
+  c = digits_config(**{"model.name": "unet", "model.variant": "cifar10",
+                       "model.unet.dropout": 0.0, "model.unet.attn_resolutions": ()})
+  model = training.build_model(c)
+  assert model.dropout == 0.0 and tuple(model.attn_resolutions) == ()
+  c = digits_config(**{"model.name": "unet", "model.variant": "cifar10"})
+  model = training.build_model(c)
+  assert model.dropout == 0.2 and tuple(model.attn_resolutions) == (16,)
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+  training.train(digits_config(**{"train.steps": 5, "train.checkpoint_every": 5}), str(tmp_path))
+  with pytest.raises(CheckpointMismatchError, match="data_shape"):
+    training.train(digits_config(**{"data.source": "mnist", "train.steps": 10}), str(tmp_path))
+
+
+def test_configs_saved_before_image_support_are_upgraded():
+  from meanflow_jax.training import checkpoint
+  old = {"objective": "meanflow", "data": {"path": "", "mixture": "ring8"},
+         "model": {"name": "mlp", "mlp": {"width": 32}}}
+  new = checkpoint.upgrade_config(old)
+  assert new["data"]["source"] == "mixture" and new["model"]["num_classes"] == 0
+  assert new["guidance"]["omega"] == 1.0 and new["model"]["variant"] == ""
+  assert checkpoint.upgrade_config({"data": {"path": "x.npy"}})["data"]["source"] == "points"
+  # Keys of models not in use do not block a resume.
+  current = dict(new, model=dict(new["model"], dit={"depth": 3}))
+  assert checkpoint.config_mismatches(new, current) == []

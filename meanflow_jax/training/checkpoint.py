@@ -9,11 +9,40 @@ from meanflow_jax.errors import CheckpointMismatchError
 
 # Config keys (and sections) that fix the structure or shapes of the state: a
 # checkpoint whose saved config differs in these cannot be restored into this run.
-SHAPE_KEYS = ("model", "objective", "train.ema_decays", "optimizer.name", "optimizer.grad_clip")
+# The section of the model in use (e.g. "model.dit") is added by `shape_keys`.
+SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective",
+              "train.ema_decays", "optimizer.name", "optimizer.grad_clip")
+
+# Keys added after the first release, with the values that runs saved before them
+# were trained with (data.source is derived from data.path).
+_LEGACY = {"model": {"variant": "", "num_classes": 0},
+           "data": {"flip": False, "latent_scale": 0.18215},
+           "guidance": {"label_dropout": 0.1, "omega": 1.0, "kappa": 0.0, "t_min": 0.0,
+                        "t_max": 1.0},
+           "sample": {"grid_per_class": 10}}
 
 
-def config_mismatches(saved, current, keys=SHAPE_KEYS):
-  """Human-readable differences between two config dicts in the `keys` sections."""
+def upgrade_config(saved):
+  """A saved config dict with the keys that older runs lack, set as they trained."""
+  out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  for section, keys in _LEGACY.items():
+    out.setdefault(section, {})
+    for k, v in keys.items():
+      out[section].setdefault(k, v)
+  data = out.setdefault("data", {})
+  data.setdefault("source", "points" if data.get("path") else "mixture")
+  return out
+
+
+def shape_keys(config_dict):
+  name = config_dict.get("model", {}).get("name")
+  return SHAPE_KEYS + ((f"model.{name}",) if name else ())
+
+
+def config_mismatches(saved, current, keys=None):
+  """Human-readable differences between two config dicts in the `keys` sections
+  (default: `shape_keys` of the current config)."""
+  keys = shape_keys(current) if keys is None else keys
 
   def flat(d, prefix=""):
     out = {}
@@ -59,7 +88,8 @@ class Checkpointer:
     return out[name]
 
   def restore_config(self, step=None):
-    return self.restore_json("config", step)
+    """The config dict saved with a checkpoint, upgraded with keys older runs lack."""
+    return upgrade_config(self.restore_json("config", step))
 
   def restore_state(self, abstract_state, step=None, config_dict=None):
     """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct`).

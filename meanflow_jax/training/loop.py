@@ -116,6 +116,7 @@ def train(config, workdir):
   config_dict = config.to_dict()
   source = make_source(config)  # validates the data before the workdir is touched
   model = ts.build_model(config)
+  ts.check_model_fits(model, source.shape)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
   meta = {"data_shape": list(source.shape), "num_classes": source.num_classes}
@@ -130,6 +131,12 @@ def train(config, workdir):
         num_ema=len(config.train.ema_decays)))(key_init)
     start = 0
   else:
+    saved = ckpt.restore_json("meta", start)
+    for k in ("data_shape", "num_classes"):
+      if k in saved and saved[k] != meta[k]:
+        raise CheckpointMismatchError(
+            f"checkpoint {start} in {workdir} was trained on data with {k} {saved[k]}; this "
+            f"config's data ({config.data.source}) has {meta[k]}. Use a new --workdir.")
     state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"]), start,
                                config_dict=config_dict)
     if int(state.step) != start:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from meanflow_jax import models
+from meanflow_jax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -19,25 +20,30 @@ class TrainState:
   ema_params: tuple      # one copy of params per EMA decay
 
 
-def _is_unset(value):
-  """The config's "keep the variant's value" markers: 0, 0.0, (), (-1,), -1.0."""
+# Keys for which 0 or () is a real value (no dropout, no attention); only the
+# markers -1.0 and (-1,) leave them unset.
+_ZERO_IS_A_VALUE = ("dropout", "attn_resolutions")
+
+
+def _is_unset(key, value):
+  """The config's "not set here" markers: -1.0 and (-1,); also 0, 0.0 and () except
+  for the keys where those are real values."""
   if isinstance(value, (tuple, list)):
-    return len(value) == 0 or tuple(value) == (-1,)
-  return value == 0 or value == -1.0
+    value = tuple(value)
+    return value == (-1,) or (value == () and key not in _ZERO_IS_A_VALUE)
+  return value == -1.0 or (value == 0 and key not in _ZERO_IS_A_VALUE)
 
 
 def model_kwargs(model_cfg):
-  """Constructor kwargs from the model's config section.
+  """Constructor kwargs from the model's config section: the keys set in it.
 
-  Without a variant every key of the section is passed; with one, only the keys
-  set away from their "unset" marker override the variant's preset.
+  Unset keys are left out, so a variant's preset (or else the class's default)
+  gives their value.
   """
   section = model_cfg.get(model_cfg.name)
   kwargs = dict(section) if section is not None else {}
-  if model_cfg.variant:
-    kwargs = {k: v for k, v in kwargs.items() if not _is_unset(v)}
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return kwargs
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()
+          if not _is_unset(k, v)}
 
 
 def build_model(config):
@@ -46,9 +52,22 @@ def build_model(config):
   kwargs = model_kwargs(m)
   if m.num_classes:
     kwargs["num_classes"] = m.num_classes
-  if m.variant:
-    return models.build(m.name, m.variant, **kwargs)
-  return models.build(m.name, **kwargs)
+  try:
+    return models.build(m.name, m.variant or None, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model {m.name!r} cannot be built from the config: {e} Set the keys "
+                      f"of model.{m.name} (or a model.variant).") from e
+
+
+def check_model_fits(model, data_shape):
+  """Traces `model.init` on the data's shape (no allocation); ConfigError if it cannot run."""
+  z = jax.ShapeDtypeStruct((1, *data_shape), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  y = jax.ShapeDtypeStruct((1,), jnp.int32) if getattr(model, "num_classes", 0) else None
+  try:
+    jax.eval_shape(model.init, jax.random.key(0), z, t, t, y)
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    raise ConfigError(f"the model does not fit data of shape {tuple(data_shape)}: {e}") from e
 
 
 def make_optimizer(opt, total_steps):

@@ -17,6 +17,24 @@ def guidance_active(guidance_cfg, num_classes):
   return bool(num_classes) and (guidance_cfg.omega != 1.0 or guidance_cfg.kappa != 0.0)
 
 
+def guided_target_velocity(apply_fn, params, x, eps, t, y, is_null, guidance_cfg, num_classes):
+  """v~ of `objectives.guided_velocity` with u(z_t, t, t | y) and u(z_t, t, t | null)
+  from `params` (one batched pass, no dropout, stop-gradient): `[B, ...]`.
+
+  Samples whose label was dropped (`is_null`), and times outside the guidance
+  interval, keep v_t = eps - x.
+  """
+  z = paths.interpolate(x, eps, t)
+  null = jnp.full_like(y, num_classes)
+  both = apply_fn(params, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
+                  jnp.concatenate([t, t]), jnp.concatenate([y, null]))
+  u_cond, u_uncond = jnp.split(jax.lax.stop_gradient(both), 2)
+  return objectives.guided_velocity(
+      paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t,
+      omega=guidance_cfg.omega, kappa=guidance_cfg.kappa,
+      t_interval=(guidance_cfg.t_min, guidance_cfg.t_max), is_null=is_null)
+
+
 def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays,
                guidance_cfg=None, num_classes=0):
   """state, batch (x `[B, ...]`, y int `[B]`), base key -> (new state, metrics).
@@ -52,19 +70,15 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
 
   v = None
   if num_classes:
+    if guidance_cfg is None:
+      raise ConfigError("a class-conditional step needs guidance_cfg (label_dropout, omega, "
+                        "kappa, t_min, t_max).")
     null = jnp.full_like(y, num_classes)
     is_null = _per_sample_bernoulli(key_drop, guidance_cfg.label_dropout, b)
     y_in = jnp.where(is_null, null, y)
     if guidance_active(guidance_cfg, num_classes):
-      # u(z_t, t, t | y) and u(z_t, t, t | null) in one batched pass, without dropout.
-      z = paths.interpolate(x, eps, t)
-      both = apply_fn(state.params, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
-                      jnp.concatenate([t, t]), jnp.concatenate([y, null]))
-      u_cond, u_uncond = jnp.split(jax.lax.stop_gradient(both), 2)
-      v = objectives.guided_velocity(
-          paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t,
-          omega=guidance_cfg.omega, kappa=guidance_cfg.kappa,
-          t_interval=(guidance_cfg.t_min, guidance_cfg.t_max), is_null=is_null)
+      v = guided_target_velocity(apply_fn, state.params, x, eps, t, y, is_null, guidance_cfg,
+                                 num_classes)
   else:
     y_in = None
 
