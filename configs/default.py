@@ -81,6 +81,12 @@ def get_config():
   c.optimizer.schedule = "constant"  # "constant" | "cosine" (decays to 0 at train.steps)
   c.optimizer.grad_clip = 0.0  # global-norm clip; 0 = off
 
+  # Device mesh (data x fsdp = all devices): batches split over both axes; large
+  # parameters sharded over fsdp (FSDP), small ones replicated. -1: the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10_000
   c.train.batch_size = 256

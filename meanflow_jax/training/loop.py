@@ -14,6 +14,7 @@ from meanflow_jax.data import PointSource, images
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
+from meanflow_jax.training import sharding
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import train_step
 from meanflow_jax.training.validate import check_config
@@ -67,12 +68,28 @@ def make_source(config):
   return source
 
 
-def abstract_state(config, model, tx, data_shape):
-  """The state's shapes and dtypes, computed without allocating it."""
+def _init_fn(config, model, tx, data_shape, unbox=True):
   example = jnp.zeros((1, *data_shape), jnp.float32)
-  init = functools.partial(ts.init_state, model=model, tx=tx, example_x=example,
-                           num_ema=len(config.train.ema_decays))
-  return jax.eval_shape(init, jax.random.key(0))
+  return functools.partial(ts.init_state, model=model, tx=tx, example_x=example,
+                           num_ema=len(config.train.ema_decays), unbox=unbox)
+
+
+def abstract_state(config, model, tx, data_shape, shardings=None):
+  """The state's shapes and dtypes (and `shardings`, if given), computed without
+  allocating it: the target Orbax restores into."""
+  shapes = jax.eval_shape(_init_fn(config, model, tx, data_shape), jax.random.key(0))
+  if shardings is None:
+    return shapes
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
+
+
+def plan_shardings(config, model, tx, data_shape, mesh):
+  """(state shardings, batch shardings) on `mesh`, from shapes alone."""
+  boxed = jax.eval_shape(_init_fn(config, model, tx, data_shape, unbox=False),
+                         jax.random.key(0))
+  batch = sharding.batch_sharding(mesh)
+  return sharding.state_shardings(boxed, mesh), (batch, batch)
 
 
 def _truncate_metrics(path, last_step):
@@ -120,15 +137,20 @@ def train(config, workdir):
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
   meta = {"data_shape": list(source.shape), "num_classes": source.num_classes}
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  if config.train.batch_size % mesh.size:
+    raise ConfigError(f"train.batch_size {config.train.batch_size} does not split over the "
+                      f"{mesh.size} devices of the mesh; use a multiple of {mesh.size}.")
+  state_sh, batch_sh = plan_shardings(config, model, tx, source.shape, mesh)
+  put = lambda batch: jax.device_put(batch, batch_sh)
 
   os.makedirs(workdir, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                max_to_keep=config.train.max_to_keep)
   start = ckpt.latest_step()
   if start is None:
-    state = jax.jit(functools.partial(
-        ts.init_state, model=model, tx=tx, example_x=jnp.zeros((1, *source.shape)),
-        num_ema=len(config.train.ema_decays)))(key_init)
+    state = jax.jit(_init_fn(config, model, tx, source.shape),
+                    out_shardings=state_sh)(key_init)
     start = 0
   else:
     saved = ckpt.restore_json("meta", start)
@@ -137,8 +159,8 @@ def train(config, workdir):
         raise CheckpointMismatchError(
             f"checkpoint {start} in {workdir} was trained on data with {k} {saved[k]}; this "
             f"config's data ({config.data.source}) has {meta[k]}. Use a new --workdir.")
-    state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"]), start,
-                               config_dict=config_dict)
+    state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"], state_sh),
+                               start, config_dict=config_dict)
     if int(state.step) != start:
       raise CheckpointMismatchError(
           f"checkpoint {start} holds a state at step {int(state.step)}; it is corrupt.")
@@ -151,9 +173,11 @@ def train(config, workdir):
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
       time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
       guidance_cfg=config.guidance, num_classes=config.model.num_classes)
-  # Compiled once, ahead of time; the loop calls the executable directly.
-  compiled = jax.jit(step_fn, donate_argnums=0).lower(
-      state, source.batch(start), key_steps).compile()
+  # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
+  replicated = sharding.replicated(mesh)
+  compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
+                     out_shardings=(state_sh, replicated)).lower(
+      state, put(source.batch(start)), key_steps).compile()
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
@@ -162,7 +186,7 @@ def train(config, workdir):
              unit="step", dynamic_ncols=True, disable=None)
   try:
     for step in bar:
-      state, metrics = compiled(state, source.batch(step), key_steps)
+      state, metrics = compiled(state, put(source.batch(step)), key_steps)
       pending.append(metrics)
       done = step + 1
       log = done % config.train.log_every == 0 or done == config.train.steps

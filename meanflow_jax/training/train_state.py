@@ -92,15 +92,18 @@ def make_optimizer(opt, total_steps):
   return tx
 
 
-def init_state(key, model, tx, example_x, num_ema):
+def init_state(key, model, tx, example_x, num_ema, unbox=True):
   """A fresh TrainState; `example_x` `[B, ...]` fixes the input shape.
 
-  The parameters are unboxed: their logical axis names (`nn.get_partition_spec` of
-  `model.init`) are read from the model where shardings are made, not carried here.
+  With `unbox` (the default) the arrays are plain; with `unbox=False` every
+  parameter-shaped leaf (params, optimiser moments, EMA copies) stays an
+  `nn.Partitioned` box with its logical axis names, which is what
+  `sharding.state_shardings` reads from `jax.eval_shape` of this function.
   """
   b = example_x.shape[0]
   t = jnp.ones((b,), jnp.float32)
   y = jnp.zeros((b,), jnp.int32) if getattr(model, "num_classes", 0) else None
-  params = nn.meta.unbox(model.init(key, example_x, t, t, y))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=tuple(params for _ in range(num_ema)))
+  params = model.init(key, example_x, t, t, y)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     ema_params=tuple(params for _ in range(num_ema)))
+  return nn.meta.unbox(state) if unbox else state
