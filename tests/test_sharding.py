@@ -72,3 +72,24 @@ def test_train_on_8_devices_then_resume_on_one(tmp_path):
   b = training.load_run(str(tmp_path / "b"), params="raw").params
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_dryrun_compiles_from_shapes_on_8_fake_devices(tmp_path):
+  root = os.path.dirname(HERE)
+  out = tmp_path / "dry.json"
+  proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "dryrun.py"), "--config",
+                         "configs/digits.py", "--fake_devices", "8", "--mesh", "4,2", "--batch",
+                         "64", "--config.model.dit.depth=1", "--config.model.dit.hidden_size=64",
+                         "--out", str(out)], capture_output=True, text=True, timeout=300,
+                        cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.load(open(out))
+  assert got["mesh"] == {"data": 4, "fsdp": 2} and got["batch"] == 64
+  for objective in ("meanflow", "flow_matching"):
+    assert got[objective]["flops_per_step"] > 0 and got[objective]["temp_gib"] > 0
+  # The JVP adds a forward-mode pass: more FLOPs than flow matching, far less than 3x.
+  assert 1.0 < got["flop_ratio"] < 2.5
+  bad = subprocess.run([sys.executable, os.path.join(root, "scripts", "dryrun.py"), "--config",
+                        "configs/imagenet_dit.py:B/2"], capture_output=True, text=True,
+                       timeout=300, cwd=root)
+  assert bad.returncode == 2 and "give --data_shape" in bad.stderr

@@ -1,0 +1,134 @@
+"""Compiles the full train step for a global batch and mesh against abstract shapes.
+
+  python scripts/dryrun.py --config configs/imagenet_dit.py:XL/2 --data_shape 32,32,4 \
+      --fake_devices 8 --batch 256
+  python scripts/dryrun.py --config configs/digits.py --fake_devices 8 --mesh 4,2
+
+Nothing is allocated: the state, batch and key are `jax.ShapeDtypeStruct`s with
+their shardings, so models far too large for this machine compile here. Prints
+XLA's FLOPs per step and per device, the per-device memory (arguments, outputs,
+temporaries) and the compile time, for MeanFlow and for flow matching (same model,
+batch and mesh), and their FLOP ratio.
+"""
+import os
+import sys
+
+
+def _fake_devices_from_argv():
+  """--fake_devices must take effect before jax is imported."""
+  for i, a in enumerate(sys.argv):
+    value = a.split("=", 1)[1] if a.startswith("--fake_devices=") else (
+        sys.argv[i + 1] if a == "--fake_devices" and i + 1 < len(sys.argv) else None)
+    if value:
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={int(value)}")
+
+
+_fake_devices_from_argv()
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from meanflow_jax import cli, models  # noqa: E402
+from meanflow_jax.errors import ConfigError  # noqa: E402
+from meanflow_jax.training import loop, sharding, train_state as ts  # noqa: E402
+from meanflow_jax.training.train_step import train_step  # noqa: E402
+from meanflow_jax.training.validate import check_config  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config to compile.", lock_config=True)
+_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: train.batch_size).")
+_MESH = flags.DEFINE_list("mesh", None, "data,fsdp sizes (default: the config's mesh).")
+_SHAPE = flags.DEFINE_list("data_shape", None, "Shape of one example, e.g. 32,32,4 (default: "
+                           "from the config's data, which must then be readable here).")
+_FAKE = flags.DEFINE_integer("fake_devices", None, "Fake CPU devices (XLA_FLAGS), e.g. 8.")
+_OUT = flags.DEFINE_string("out", None, "Optional JSON file for the figures.")
+flags.mark_flags_as_required(["config"])
+
+
+def compile_step(config, objective, data_shape, batch, mesh):
+  """(compiled executable, compile seconds) of the step, from shapes alone."""
+  model = ts.build_model(config)
+  tx = ts.make_optimizer(config.optimizer, config.train.steps)
+  state_sh, batch_sh = loop.plan_shardings(config, model, tx, data_shape, mesh)
+  state = loop.abstract_state(config, model, tx, data_shape, state_sh)
+  x = jax.ShapeDtypeStruct((batch, *data_shape), jnp.float32, sharding=batch_sh[0])
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh[1])
+  step = functools.partial(
+      train_step, apply_fn=model.apply, tx=tx, objective=objective, time_cfg=config.time,
+      loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
+      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
+  replicated = sharding.replicated(mesh)
+  lowered = jax.jit(step, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
+                    out_shardings=(state_sh, replicated)).lower(state, (x, y),
+                                                               jax.random.key(0))
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, time.perf_counter() - start
+
+
+def figures(compiled):
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  gib = lambda b: b / 2 ** 30
+  return {"flops_per_device": float(cost.get("flops", 0.0)),
+          "argument_gib": gib(mem.argument_size_in_bytes),
+          "output_gib": gib(mem.output_size_in_bytes),
+          "temp_gib": gib(mem.temp_size_in_bytes),
+          "alias_gib": gib(mem.alias_size_in_bytes)}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _MESH.value:
+    if len(_MESH.value) != 2:
+      raise ConfigError(f"--mesh takes data,fsdp; got {_MESH.value}.")
+    with config.unlocked():
+      config.mesh.data, config.mesh.fsdp = (int(v) for v in _MESH.value)
+  if config.data.source in ("latents", "array", "folder", "points") and not config.data.path:
+    with config.unlocked():
+      config.data.path = "(not read)"  # the shape comes from --data_shape
+  check_config(config)
+  if _SHAPE.value:
+    data_shape = tuple(int(v) for v in _SHAPE.value)
+  elif config.data.path == "(not read)":
+    raise ConfigError(f"data.source {config.data.source!r}: give --data_shape (e.g. 32,32,4).")
+  else:
+    data_shape = tuple(loop.make_source(config).shape)
+  batch = _BATCH.value or config.train.batch_size
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  if batch % mesh.size:
+    raise ConfigError(f"--batch {batch} does not split over {mesh.size} devices.")
+  params = models.param_count(ts.build_model(config), data_shape)
+  print(f"{config.model.name} {config.model.variant or ''}: {params:,} parameters; data "
+        f"{data_shape}; global batch {batch}; mesh data x fsdp = {mesh.shape['data']} x "
+        f"{mesh.shape['fsdp']} ({jax.devices()[0].platform}, {mesh.size} devices)")
+  out = {"params": params, "batch": batch, "mesh": dict(mesh.shape), "data_shape": data_shape}
+  for objective in ("meanflow", "flow_matching"):
+    compiled, seconds = compile_step(config, objective, data_shape, batch, mesh)
+    f = figures(compiled)
+    f["compile_s"] = seconds
+    f["flops_per_step"] = f["flops_per_device"] * mesh.size
+    out[objective] = f
+    print(f"{objective:>14}: {f['flops_per_step'] / 1e12:10.3f} TFLOP/step "
+          f"({f['flops_per_device'] / 1e12:.3f} per device); per device: arguments "
+          f"{f['argument_gib']:.2f} GiB, outputs {f['output_gib']:.2f} GiB, temporaries "
+          f"{f['temp_gib']:.2f} GiB; compiled in {seconds:.1f} s")
+  ratio = out["meanflow"]["flops_per_step"] / out["flow_matching"]["flops_per_step"]
+  out["flop_ratio"] = ratio
+  print(f"MeanFlow / flow-matching FLOPs per step: {ratio:.3f}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as fh:
+      json.dump(out, fh, indent=2)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
