@@ -26,6 +26,8 @@ def get_config():
   c.model.name = "mlp"       # registry name (meanflow_jax.models.available()): "mlp" | "dit" | "unet"
   c.model.variant = ""       # preset of that model: DiT "S/2" ... "XL/8", U-Net "cifar10" | "small";
                              # "" = none (the section's keys below then give every value)
+  c.model.dtype = "float32"  # DiT, U-Net: dtype of the matmuls: "float32" | "bfloat16"
+                             # (parameters, norms, loss and the JVP's output stay float32)
   c.model.num_classes = 0    # 0: unconditional; else a class-conditional model for labels in
                              # [0, num_classes) with one more, null, class for guidance
   c.model.mlp = ml_collections.ConfigDict()

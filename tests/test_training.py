@@ -305,3 +305,25 @@ def test_configs_saved_before_image_support_are_upgraded():
   # Keys of models not in use do not block a resume.
   current = dict(new, model=dict(new["model"], dit={"depth": 3}))
   assert checkpoint.config_mismatches(new, current) == []
+
+
+def test_the_step_is_traced_once_over_a_run(tmp_path, monkeypatch):
+  """Compiled once ahead of time: 40 steps with logs and checkpoints trace it once."""
+  traces = []
+  real = loop.train_step
+
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "train_step", counted)
+  training.train(tiny_config(), str(tmp_path))
+  assert len(traces) == 1
+
+
+def test_bfloat16_matmuls_keep_float32_parameters(tmp_path):
+  state = training.train(digits_config(**{"model.dtype": "bfloat16", "train.steps": 5,
+                                          "train.checkpoint_every": 5}), str(tmp_path))
+  assert {str(x.dtype) for x in jax.tree.leaves(state.params)} == {"float32"}
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert all(np.isfinite(r["loss"]) for r in rows)

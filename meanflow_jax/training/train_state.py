@@ -50,6 +50,8 @@ def build_model(config):
   """The flax module named by `config.model.name` (and `variant`), with its section's kwargs."""
   m = config.model
   kwargs = model_kwargs(m)
+  if m.dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(m.dtype)
   if m.num_classes:
     kwargs["num_classes"] = m.num_classes
   try:

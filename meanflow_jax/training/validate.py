@@ -23,6 +23,7 @@ def check_config(c):
   if c.model.variant:
     _one_of("model.variant", c.model.variant, models.variants(c.model.name))
   _one_of("data.source", c.data.source, SOURCES)
+  _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
   if c.data.source in ("points", "array", "folder", "latents") and not c.data.path:
     raise ConfigError(f"data.source = {c.data.source!r} reads data.path; it is empty.")
   if c.model.num_classes < 0:
