@@ -202,7 +202,9 @@ def train(config, workdir):
         row.update(step=done, steps_per_s=len(logs) / max(now - t_last, 1e-9))
         with open(metrics_path, "a") as f:
           f.write(json.dumps(row) + "\n")
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        # tqdm shows steps/s and the ETA; examples/s is what compares across batch sizes.
+        bar.set_postfix(loss=f"{row['loss']:.4f}",
+                        examples_per_s=f"{row['steps_per_s'] * config.train.batch_size:.0f}")
         pending, t_last = [], now
       if save:
         ckpt.save(done, state, config_dict, meta)
