@@ -54,8 +54,7 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
     x = jnp.concatenate([sampler(eps[i:i + batch], int(k)) for i in range(0, num, batch)])
     samples[int(k)] = np.asarray(x)
     row = {"objective": config.objective, "nfe": int(k),
-           "method": "meanflow" if config.objective == "meanflow" else (
-               "fm-" + (method or config.sample.method))}
+           "method": sampler_name(config.objective, method or config.sample.method)}
     row.update(toy.toy_report(mixture, x, exact, reference))
     rows.append(row)
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
@@ -125,8 +124,7 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
     if not np.all(np.isfinite(x)):
       raise ConfigError(f"{workdir}: the {k}-NFE samples contain NaN or inf.")
     samples[int(k)] = x
-    feats = clf.features(x)
-    pred = clf.predict(x)
+    feats, pred = clf.features_and_predictions(x)
     row = {"objective": config.objective, "nfe": int(k),
            "method": sampler_name(config.objective, method or config.sample.method),
            "clf_fd": frechet.frechet_distance(*frechet.gaussian_stats(feats), *real_stats),

@@ -13,6 +13,7 @@ features of a small CNN trained on the same labelled images (digits, MNIST):
 The classifier is trained once per data set (deterministic: fixed seed, fixed
 held-out split) and cached as a msgpack file keyed by a hash of the data.
 """
+import functools
 import hashlib
 import json
 import os
@@ -50,20 +51,28 @@ class Classifier(NamedTuple):
   num_classes: int
   accuracy: float  # on the held-out fifth of the data
 
-  def _apply(self, x, batch=1000):
+  def features_and_predictions(self, x, batch=1000):
+    """(features `[N, 128]`, predicted classes `[N]`) of images `[N, H, W, C]` in [-1, 1]."""
     x = np.asarray(x, np.float32)
-    fn = jax.jit(CNN(self.num_classes).apply)
-    outs = [fn(self.params, x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-    return (np.concatenate([np.asarray(o[0]) for o in outs]),
-            np.concatenate([np.asarray(o[1]) for o in outs]))
+    outs = [_forward(self.num_classes, self.params, x[i:i + batch])
+            for i in range(0, x.shape[0], batch)]
+    return (np.concatenate([np.asarray(o[1]) for o in outs]),
+            np.concatenate([np.asarray(o[0]).argmax(-1) for o in outs]))
 
   def features(self, x):
     """Penultimate features `[N, 128]` of images `[N, H, W, C]` in [-1, 1]."""
-    return self._apply(x)[1]
+    return self.features_and_predictions(x)[0]
 
   def predict(self, x):
     """Predicted classes `[N]` of images `[N, H, W, C]`."""
-    return self._apply(x)[0].argmax(-1)
+    return self.features_and_predictions(x)[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(num_classes, params, x):
+  # One compiled network per class count, reused across calls (a fresh jit of a
+  # bound method would retrace every time).
+  return CNN(num_classes).apply(params, x)
 
 
 def split(n, seed=0, holdout=0.2):
