@@ -32,4 +32,5 @@ def get_config():
   c.train.ema_decays = (0.9999, 0.99995, 0.9996)
   c.train.log_every = 100
   c.train.checkpoint_every = 10_000
+  c.train.sample_every = 10_000
   return c

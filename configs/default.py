@@ -96,6 +96,9 @@ def get_config():
   c.train.log_every = 100     # steps between lines of metrics.jsonl
   c.train.checkpoint_every = 2_000
   c.train.max_to_keep = 3
+  c.train.sample_every = 0    # steps between sample grids in workdir/samples (and TensorBoard),
+                              # from fixed noise with the sample.params copy; 0 = none
+  c.train.sample_nfe = 0      # NFE of those samples; 0 = 1 for MeanFlow, 16 for flow matching
 
   c.sample = ml_collections.ConfigDict()
   c.sample.params = "ema"     # "ema" (first EMA copy) | "raw" for sampling and evaluation

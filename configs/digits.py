@@ -42,4 +42,5 @@ def get_config():
   c.train.ema_decays = (0.995,)
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
+  c.train.sample_every = 500
   return c

@@ -53,4 +53,5 @@ def get_config(variant="B/2"):
   c.train.ema_decays = (0.9999,)
   c.train.log_every = 100
   c.train.checkpoint_every = 10_000
+  c.train.sample_every = 0  # latents: the grids would need the VAE decoder
   return c

@@ -19,4 +19,5 @@ def get_config():
   c.train.steps = 20_000
   c.train.ema_decays = (0.999,)
   c.train.checkpoint_every = 2_000
+  c.train.sample_every = 2_000
   return c

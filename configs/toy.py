@@ -36,4 +36,5 @@ def get_config():
   c.train.batch_size = 256
   c.train.log_every = 100
   c.train.checkpoint_every = 2_000
+  c.train.sample_every = 2_000
   return c

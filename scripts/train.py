@@ -3,23 +3,40 @@
   python scripts/train.py --config configs/toy.py --workdir runs/toy [--config.KEY=VALUE ...]
 
 Rerunning with the same --workdir resumes from the latest checkpoint.
+
+Several processes (one per host or GPU) run the same command with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the
+environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID);
+--distributed_auto lets JAX find them on SLURM, Open MPI, TPU pods or Kubernetes.
 """
 from absl import app, flags
 from ml_collections import config_flags
 
 from meanflow_jax import cli, training
+from meanflow_jax.training import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "host:port of process 0 in a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run (0: one).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
+_AUTO = flags.DEFINE_bool("distributed_auto", False,
+                          "Join a multi-process run found by JAX's cluster detection.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before anything touches a device: afterwards JAX would see this process's devices only.
+  index, count = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value, auto=_AUTO.value)
   training.train(_CONFIG.value, _WORKDIR.value)
-  print(f"done: checkpoints, metrics.jsonl and config.json in {_WORKDIR.value}")
+  if index == 0:
+    print(f"done: checkpoints, metrics.jsonl, tensorboard/ and config.json in {_WORKDIR.value}"
+          + (f" ({count} processes)" if count > 1 else ""))
 
 
 if __name__ == "__main__":

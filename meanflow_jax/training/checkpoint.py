@@ -94,7 +94,8 @@ class Checkpointer:
   def restore_state(self, abstract_state, step=None, config_dict=None):
     """Restores into `abstract_state` (a pytree of `jax.ShapeDtypeStruct`).
 
-    With `config_dict`, first compares it with the saved config and raises
+    Leaves without a sharding are restored onto this process's first device, so
+    a run trained on many devices can be sampled on one. With `config_dict`, first compares it with the saved config and raises
     `CheckpointMismatchError` naming every key that differs.
     """
     step = self.latest_step() if step is None else step
@@ -105,6 +106,10 @@ class Checkpointer:
         raise CheckpointMismatchError(
             f"checkpoint {where} was written for another model:\n  " + "\n  ".join(diffs)
             + "\nUse a new --workdir, or the config the checkpoint was trained with.")
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), abstract_state)
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))

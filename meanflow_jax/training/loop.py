@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from meanflow_jax import plotting, sampling
 from meanflow_jax.data import PointSource, images
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import sharding
+from meanflow_jax.training import distributed, sharding
 from meanflow_jax.training import train_state as ts
+from meanflow_jax.training.summary import SummaryWriter
 from meanflow_jax.training.train_step import train_step
 from meanflow_jax.training.validate import check_config
 
@@ -37,9 +39,13 @@ class _Points:
     self.source = source
     self.shape = (source.dim,)
 
-  def batch(self, step):
-    x = self.source.batch(step)
-    return x, jnp.zeros((x.shape[0],), jnp.int32)
+  def batch(self, step, shard=(0, 1)):
+    """Rows `i*B/n : (i+1)*B/n` of the batch of `step` for `shard=(i, n)`
+    (the toy data is cheap, so each process draws the whole batch)."""
+    x = np.asarray(self.source.batch(step))
+    i, n = shard
+    x = x[i * len(x) // n:(i + 1) * len(x) // n]
+    return x, np.zeros((x.shape[0],), np.int32)
 
 
 def make_source(config):
@@ -120,8 +126,79 @@ def _check_finite(logs, first_step, ckpt):
           "or look for outliers in the data.")
 
 
+PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
+
+
+def _preview_inputs(config, source):
+  """(noise [M, ...], labels [M] or None) of the sample grids written during training:
+  the same noise at every interval, so the grids show one model changing."""
+  k = source.num_classes if config.model.num_classes else 0
+  per_class = config.sample.grid_per_class
+  m = k * per_class if k else (config.sample.num_plot if len(source.shape) == 1 else 64)
+  key = jax.random.fold_in(jax.random.key(config.seed), PREVIEW_STREAM)
+  eps = jax.random.normal(key, (m, *source.shape), jnp.float32)
+  y = jnp.repeat(jnp.arange(k, dtype=jnp.int32), per_class) if k else None
+  return eps, y
+
+
+def _make_preview(config, model, source, mesh):
+  """`preview(params) -> samples [M, ...]` (numpy, on every process) at train.sample_nfe."""
+  nfe = config.train.sample_nfe or (1 if config.objective == "meanflow" else 16)
+  eps, y = _preview_inputs(config, source)
+  method = config.sample.method
+
+  def sample(params):
+    if config.objective == "meanflow":
+      return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
+    v_fn = lambda z, t: model.apply(params, z, t, t, y)
+    steps = max(1, nfe // 2) if method == "heun" else nfe
+    return sampling.flow_matching_sample(v_fn, eps, steps, method)
+
+  # Replicated output: every process holds the samples; process 0 draws them.
+  jitted = jax.jit(sample, out_shardings=sharding.replicated(mesh))
+  return lambda params: np.asarray(jitted(params)), nfe
+
+
+def _write_preview(samples, config, source, step, nfe, workdir, writer):
+  """samples/step_XXXXXXX.png (image grid, one row per class; or a scatter plot) and,
+  for images, the grid in TensorBoard."""
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"step_{step:07d}.png")
+  title = f"step {step}, {nfe} NFE"
+  if (samples.ndim == 2 and samples.shape[1] != 2) or (samples.ndim == 4
+                                                         and samples.shape[-1] not in (1, 3)):
+    return None  # no picture of points in more than 2-D, nor of latents without their decoder
+  if samples.ndim == 2:
+    plotting.scatter([(title, samples)], path)
+  else:
+    k = source.num_classes if config.model.num_classes else 0
+    ncols = config.sample.grid_per_class if k else 8
+    plotting.image_grids([(title, samples)], path, ncols=ncols,
+                         row_labels=list(range(k)) if k else None)
+    writer.image(step, "samples", plotting.mosaic(samples, ncols))
+  return path
+
+
+def _check_resume_meta(saved, meta, start, workdir, config):
+  for k in ("data_shape", "num_classes", "batch_size"):
+    if k in saved and saved[k] != meta[k]:
+      hint = ("the data stream and the step's noise depend on it, so the run could not "
+              "continue exactly" if k == "batch_size" else f"this config's data "
+              f"({config.data.source}) has {meta[k]}")
+      raise CheckpointMismatchError(
+          f"checkpoint {start} in {workdir} was trained with {k} {saved[k]}, not {meta[k]}: "
+          f"{hint}. Use a new --workdir, or the checkpoint's {k}.")
+
+
 def train(config, workdir):
   """Trains per `config` in `workdir`, resuming from its latest checkpoint.
+
+  The same code runs on one device, on a mesh of local devices, and across
+  processes (after `distributed.initialize`): every process calls `train` with
+  the same arguments, loads only its rows of each batch, and takes part in every
+  checkpoint; process 0 alone writes metrics.jsonl, TensorBoard events
+  (`workdir/tensorboard`), sample grids (`workdir/samples`) and the progress bar.
 
   Returns:
     the final TrainState.
@@ -136,14 +213,23 @@ def train(config, workdir):
   ts.check_model_fits(model, source.shape)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
-  meta = {"data_shape": list(source.shape), "num_classes": source.num_classes}
+  batch_size = config.train.batch_size
+  meta = {"data_shape": list(source.shape), "num_classes": source.num_classes,
+          "batch_size": batch_size}
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  if config.train.batch_size % mesh.size:
-    raise ConfigError(f"train.batch_size {config.train.batch_size} does not split over the "
+  if batch_size % mesh.size:
+    raise ConfigError(f"train.batch_size {batch_size} does not split over the "
                       f"{mesh.size} devices of the mesh; use a multiple of {mesh.size}.")
   state_sh, batch_sh = plan_shardings(config, model, tx, source.shape, mesh)
-  put = lambda batch: jax.device_put(batch, batch_sh)
+  shapes = ((batch_size, *source.shape), (batch_size,))
+  shard = distributed.local_shard(batch_sh[0], shapes[0])
 
+  def load(step):
+    """This process's rows of batch `step`, as global arrays over the mesh."""
+    x, y = source.batch(step, shard=shard)
+    return tuple(distributed.global_batch(s, a, g) for s, a, g in zip(batch_sh, (x, y), shapes))
+
+  main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                max_to_keep=config.train.max_to_keep)
@@ -153,21 +239,18 @@ def train(config, workdir):
                     out_shardings=state_sh)(key_init)
     start = 0
   else:
-    saved = ckpt.restore_json("meta", start)
-    for k in ("data_shape", "num_classes"):
-      if k in saved and saved[k] != meta[k]:
-        raise CheckpointMismatchError(
-            f"checkpoint {start} in {workdir} was trained on data with {k} {saved[k]}; this "
-            f"config's data ({config.data.source}) has {meta[k]}. Use a new --workdir.")
+    _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config)
     state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"], state_sh),
                                start, config_dict=config_dict)
     if int(state.step) != start:
       raise CheckpointMismatchError(
           f"checkpoint {start} holds a state at step {int(state.step)}; it is corrupt.")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config_dict, f, indent=2)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _truncate_metrics(metrics_path, start)
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_dict, f, indent=2)
+    _truncate_metrics(metrics_path, start)
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=main)
 
   step_fn = functools.partial(
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
@@ -177,21 +260,26 @@ def train(config, workdir):
   replicated = sharding.replicated(mesh)
   compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
                      out_shardings=(state_sh, replicated)).lower(
-      state, put(source.batch(start)), key_steps).compile()
+      state, load(start), key_steps).compile()
+  sample_every = config.train.sample_every
+  preview, preview_nfe = (_make_preview(config, model, source, mesh) if sample_every
+                          else (None, 0))
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
   pending, t_last = [], time.time()
   bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
-             unit="step", dynamic_ncols=True, disable=None)
+             unit="step", dynamic_ncols=True, disable=None if main else True)
   try:
     for step in bar:
-      state, metrics = compiled(state, put(source.batch(step)), key_steps)
+      state, metrics = compiled(state, load(step), key_steps)
       pending.append(metrics)
       done = step + 1
+      # A signal may reach one process only: all of them must stop at the same step.
+      stopping = distributed.any_process(stop["signal"])
       log = done % config.train.log_every == 0 or done == config.train.steps
       save = (done % config.train.checkpoint_every == 0 or done == config.train.steps
-              or stop["signal"])
+              or stopping)
       if log or save:
         # Checked before every save, so a non-finite state is never written.
         logs = jax.device_get(pending)
@@ -200,20 +288,30 @@ def train(config, workdir):
         now = time.time()
         row = {k: float(np.mean([m[k] for m in logs])) for k in logs[0] if k != "finite"}
         row.update(step=done, steps_per_s=len(logs) / max(now - t_last, 1e-9))
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(row) + "\n")
+        row["examples_per_s"] = row["steps_per_s"] * batch_size
+        if main:
+          with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+          writer.scalars(done, {f"train/{k}": v for k, v in row.items() if k != "step"})
         # tqdm shows steps/s and the ETA; examples/s is what compares across batch sizes.
-        bar.set_postfix(loss=f"{row['loss']:.4f}",
-                        examples_per_s=f"{row['steps_per_s'] * config.train.batch_size:.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", examples_per_s=f"{row['examples_per_s']:.0f}")
         pending, t_last = [], now
       if save:
-        ckpt.save(done, state, config_dict, meta)
-      if stop["signal"]:
+        ckpt.save(done, state, config_dict, dict(meta, data_position=done * batch_size))
+      if preview is not None and done % sample_every == 0:
+        samples = preview(state.ema_params[0] if config.sample.params == "ema" else state.params)
+        if main:
+          _write_preview(samples, config, source, done, preview_nfe, workdir, writer)
+      if log or save:
+        writer.flush()
+      if stopping:
         ckpt.wait()
-        raise Interrupted(f"stopped by signal {stop['signal']} after step {done}; the "
-                          f"checkpoint is saved in {workdir}: rerun to resume.", stop["signal"])
+        raise Interrupted(f"stopped by signal {stop['signal'] or 'SIGTERM (another process)'} "
+                          f"after step {done}; the checkpoint is saved in {workdir}: rerun to "
+                          "resume.", stop["signal"] or signal.SIGTERM)
   finally:
     bar.close()
+    writer.close()
     ckpt.wait()
     ckpt.close()
     signal.signal(signal.SIGTERM, previous)

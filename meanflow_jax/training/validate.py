@@ -49,6 +49,10 @@ def check_config(c):
               "train.max_to_keep", "optimizer.lr", "time.sigma"):
     section, name = key.split(".")
     _positive(key, c[section][name])
+  for key in ("train.sample_every", "train.sample_nfe"):
+    if c.train[key.split(".")[1]] < 0:
+      raise ConfigError(f"{key} must be >= 0 (0: off / the default); got "
+                        f"{c.train[key.split('.')[1]]}.")
   if not 0.0 <= c.time.ratio_r_neq_t <= 1.0:
     raise ConfigError(f"time.ratio_r_neq_t must lie in [0, 1]; got {c.time.ratio_r_neq_t}.")
   if not c.train.ema_decays or not all(0.0 <= d < 1.0 for d in c.train.ema_decays):
