@@ -27,6 +27,9 @@ def test_mesh_spec_shards_large_divisible_axes_only():
   assert spec(("embed",), (128,)) == P()            # small: replicated
   assert spec(("embed", "mlp"), (129, 512)) == P(None, None)  # 129 does not divide by 2
   assert spec((), (4096,)) == P()                   # no names: replicated
+  # Both channel axes of a conv kernel map to fsdp: only the first takes it.
+  assert spec((None, None, "embed", "conv_out"), (3, 3, 64, 64)) == P(None, None, "fsdp", None)
+  assert spec((None, None, "embed", "conv_out"), (3, 3, 63, 64)) == P(None, None, None, "fsdp")
 
 
 def test_make_mesh_checks_the_device_count():
@@ -36,10 +39,12 @@ def test_make_mesh_checks_the_device_count():
     sharding.make_mesh(data=n + 1, fsdp=1)
 
 
-def test_sharded_step_on_8_devices_equals_one_device():
-  """A (data 4, fsdp 2) mesh of fake CPU devices: the same losses and parameters."""
+@pytest.mark.parametrize("model", ["dit", "unet"])
+def test_sharded_step_on_8_devices_equals_one_device(model):
+  """A (data 4, fsdp 2) mesh of fake CPU devices: the same losses and parameters
+  (the U-Net with dropout 0.3: its masks are drawn for the global batch)."""
   proc = subprocess.run([sys.executable, os.path.join(HERE, "helpers", "sharded_step.py"),
-                         "4", "2"], capture_output=True, text=True, timeout=300)
+                         "4", "2", model], capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["devices"] == 8 and out["fsdp_sharded_leaves"] > 0

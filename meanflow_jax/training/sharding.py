@@ -58,12 +58,16 @@ def _mesh_spec(logical, shape, mesh, rules, min_size):
   table = dict(rules)
   if not logical or math.prod(shape) < min_size:
     return P()
-  out = []
+  out, used = [], set()
   for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
     axis = table.get(name) if name is not None else None
-    size = 1 if axis is None else math.prod(
-        mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
-    out.append(axis if axis is not None and size > 1 and dim % size == 0 else None)
+    axes = () if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    size = math.prod(mesh.shape[a] for a in axes)
+    # A mesh axis shards one dimension at most (e.g. a conv kernel's in and out
+    # channels both map to fsdp): the first dimension that can take it does.
+    ok = axes and size > 1 and dim % size == 0 and not used.intersection(axes)
+    out.append(axis if ok else None)
+    used.update(axes if ok else ())
   return P(*out)
 
 

@@ -1,4 +1,4 @@
-"""Runs a few train steps of a tiny conditional DiT on digits unsharded and sharded over a
+"""Runs a few train steps of a tiny conditional DiT (or U-Net with dropout) on digits unsharded and sharded over a
 (data, fsdp) mesh of the fake CPU devices, and prints the largest differences (JSON)."""
 import os
 import sys
@@ -19,9 +19,12 @@ from meanflow_jax.training import sharding, train_state as ts  # noqa: E402
 from meanflow_jax.training.train_step import train_step  # noqa: E402
 
 
-def main(data, fsdp):
+def main(data, fsdp, model_name="dit"):
   c = digits.get_config()
   c.model.dit.hidden_size, c.model.dit.depth, c.model.dit.num_heads = 64, 1, 2
+  if model_name == "unet":  # with dropout: its masks must not depend on the layout either
+    c.model.name, c.model.variant = "unet", "small"
+    c.model.unet.base_channels, c.model.unet.dropout = 16, 0.3
   model = ts.build_model(c)
   tx = ts.make_optimizer(c.optimizer, 100)
   init = functools.partial(ts.init_state, model=model, tx=tx,
@@ -58,4 +61,4 @@ def main(data, fsdp):
 
 
 if __name__ == "__main__":
-  main(int(sys.argv[1]), int(sys.argv[2]))
+  main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])
