@@ -5,11 +5,13 @@ runs on labelled images with the project's classifier (`metrics.classifier`).
 """
 import json
 import os
+import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from meanflow_jax import paths
 from meanflow_jax.data import images as image_data
@@ -17,6 +19,7 @@ from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.metrics import classifier as classifier_lib
 from meanflow_jax.metrics import frechet, toy
+from meanflow_jax.metrics import inception as inception_lib
 from meanflow_jax.training import inference
 
 
@@ -28,16 +31,17 @@ class ToyEvaluation(NamedTuple):
 
 
 def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
-                 flow_steps=256, batch=10_000):
+                 flow_steps=256, batch=10_000, ema=None, progress=False):
   """Exact metrics of a run trained on a built-in mixture, at each NFE in `nfes`.
 
   Every NFE uses the same noise; the reference is the exact probability-flow map
   of that noise (RK4 with `flow_steps` steps on the exact mixture velocity).
+  Rows also hold `sample_s` (seconds to draw the `num` samples) and `samples_per_s`.
 
   Returns:
     a `ToyEvaluation`.
   """
-  run = inference.load_run(workdir, params=params)
+  run = inference.load_run(workdir, params=params, ema=ema)
   config, model, p = run.config, run.model, run.params
   if config.data.source != "mixture":
     raise ConfigError(f"{workdir} trained on data.source = {config.data.source!r}; exact "
@@ -51,10 +55,11 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
   sampler = inference.make_sampler(config, model, p, method=method)
   rows, samples = [], {}
   for k in nfes:
-    x = jnp.concatenate([sampler(eps[i:i + batch], int(k)) for i in range(0, num, batch)])
-    samples[int(k)] = np.asarray(x)
-    row = {"objective": config.objective, "nfe": int(k),
-           "method": sampler_name(config.objective, method or config.sample.method)}
+    name = sampler_name(config.objective, method or config.sample.method)
+    x, seconds = _timed_samples(sampler, eps, int(k), None, batch, progress, f"{name}, {k} NFE")
+    samples[int(k)] = x
+    row = {"objective": config.objective, "nfe": int(k), "method": name,
+           "sample_s": seconds, "samples_per_s": num / seconds}
     row.update(toy.toy_report(mixture, x, exact, reference))
     rows.append(row)
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
@@ -71,66 +76,100 @@ def sampler_name(objective, method):
   return "meanflow" if objective == "meanflow" else f"fm-{method}"
 
 
+def _timed_samples(sampler, eps, nfe, labels, batch, progress, what):
+  """Samples of every noise row in batches, and the seconds they took (compilation,
+  done on the first batch beforehand, excluded)."""
+  num = eps.shape[0]
+  y = lambda i: None if labels is None else labels[i:i + batch]
+  jax.block_until_ready(sampler(eps[:batch], nfe, y(0)))
+  starts = range(0, num, batch)
+  if progress:
+    starts = tqdm(starts, desc=what, unit="batch", leave=False)
+  t0 = time.perf_counter()
+  parts = [sampler(eps[i:i + batch], nfe, y(i)) for i in starts]
+  x = np.concatenate([np.asarray(p) for p in parts])
+  return x, time.perf_counter() - t0
+
+
 def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=None, batch=500,
-                    cache_dir=None):
-  """Classifier metrics of a run trained on labelled images, at each NFE in `nfes`.
+                    cache_dir=None, ema=None, inception=None, ref=None, progress=False):
+  """Quality of a run trained on images, at each NFE in `nfes`.
 
   Sample i uses noise from `fold_in(key, i)` and, for a class-conditional run,
-  class i mod K, so every NFE sees the same noise and labels. Metrics:
-  `clf_fd` (Frechet distance to the real images in the classifier's features; not
-  FID), `agreement` (fraction classified as the asked class; conditional runs),
-  `class_tv` (total variation between the predicted class frequencies and the
-  data's).
+  class i mod K, so every NFE sees the same noise and labels, and any sample can
+  be regenerated alone. Batches are split over this process's devices.
+
+  Metrics, for labelled data: `clf_fd` (Frechet distance to the real images in the
+  features of the project's classifier; not FID), `agreement` (fraction
+  classified as the asked class; conditional runs), `class_tv` (total variation
+  between the predicted class frequencies and the data's). With `inception` (the
+  path of converted FID Inception weights, `metrics.inception`): `fid` against
+  the statistics in `ref` (an .npz of mu, sigma) or, without it, against the
+  Inception statistics of the run's training data. Every row also has
+  `sample_s` (seconds to draw the `num` samples) and `samples_per_s`.
 
   Returns:
     an `ImageEvaluation`.
   """
-  run = inference.load_run(workdir, params=params)
+  run = inference.load_run(workdir, params=params, ema=ema)
   config = run.config
   d = config.data
   if d.source in ("mixture", "points"):
     raise ConfigError(f"{workdir} trained on vectors ({d.source}); use evaluate_toy.")
   if d.source == "latents":
-    raise ConfigError(f"{workdir} trained on VAE latents: the classifier metrics need pixels "
-                      "(decode the samples and compute FID instead).")
+    raise ConfigError(f"{workdir} trained on VAE latents: the metrics need pixels (decode the "
+                      "samples with the VAE, then compute FID on the images).")
   real, labels, num_classes = image_data.load_images(d.source, path=d.path,
                                                      latent_scale=d.latent_scale)
-  clf = classifier_lib.load_or_train(real, labels, num_classes, cache_dir=cache_dir)
-  real_features = clf.features(real)
-  real_stats = frechet.gaussian_stats(real_features)
-  data_freq = np.bincount(labels, minlength=num_classes) / labels.shape[0]
-
-  def class_tv(pred):
-    return 0.5 * float(np.abs(np.bincount(pred, minlength=num_classes) / pred.shape[0]
-                              - data_freq).sum())
-
+  if labels is None and inception is None:
+    raise ConfigError(f"{workdir}: the {d.source!r} data has no labels for the classifier "
+                      "metrics; pass Inception weights (--inception) for FID.")
   half_a, half_b = classifier_lib.split(real.shape[0], seed=1, holdout=0.5)
-  floor = {"clf_fd": frechet.frechet_distance_features(real_features[half_a],
-                                                       real_features[half_b]),
-           "agreement": clf.accuracy,  # on real digits the classifier did not train on
-           "class_tv": 0.0, "classifier_heldout_accuracy": clf.accuracy}
+  floor = {}
+  if labels is not None:
+    clf = classifier_lib.load_or_train(real, labels, num_classes, cache_dir=cache_dir)
+    real_features = clf.features(real)
+    real_stats = frechet.gaussian_stats(real_features)
+    data_freq = np.bincount(labels, minlength=num_classes) / labels.shape[0]
+    floor.update(clf_fd=frechet.frechet_distance_features(real_features[half_a],
+                                                          real_features[half_b]),
+                 agreement=clf.accuracy,  # on real images the classifier did not train on
+                 class_tv=0.0, classifier_heldout_accuracy=clf.accuracy)
+  if inception is not None:
+    features = inception_lib.make_feature_fn(inception_lib.load_params(inception),
+                                            batch_size=min(100, num))
+    if ref is not None:
+      fid_ref = inception_lib.load_stats(ref)
+    else:
+      real_incep = features(real, progress=progress)
+      fid_ref = inception_lib.reference_stats(real_incep)
+      floor["fid"] = frechet.frechet_distance_features(real_incep[half_a], real_incep[half_b])
 
   eps = paths.sample_noise(jax.random.key(seed), num, run.data_shape)
   # Classes the data has labels for (a model may have been built with spare ones).
-  asked = np.arange(num) % min(run.num_classes, num_classes) if run.num_classes else None
+  asked = (np.arange(num) % min(run.num_classes, num_classes)
+           if run.num_classes and labels is not None else None)
   sampler = inference.make_sampler(config, run.model, run.params, method=method)
+  name = sampler_name(config.objective, method or config.sample.method)
   rows, samples = [], {}
   for k in nfes:
-    parts = []
-    for i in range(0, num, batch):
-      y = None if asked is None else asked[i:i + batch]
-      parts.append(np.asarray(sampler(eps[i:i + batch], int(k), y)))
-    x = np.concatenate(parts)
+    x, seconds = _timed_samples(sampler, eps, int(k), asked, batch, progress,
+                                f"{name}, {k} NFE")
     if not np.all(np.isfinite(x)):
       raise ConfigError(f"{workdir}: the {k}-NFE samples contain NaN or inf.")
     samples[int(k)] = x
-    feats, pred = clf.features_and_predictions(x)
-    row = {"objective": config.objective, "nfe": int(k),
-           "method": sampler_name(config.objective, method or config.sample.method),
-           "clf_fd": frechet.frechet_distance(*frechet.gaussian_stats(feats), *real_stats),
-           "class_tv": class_tv(pred)}
-    if asked is not None:
-      row["agreement"] = float(np.mean(pred == asked))
+    row = {"objective": config.objective, "nfe": int(k), "method": name,
+           "sample_s": seconds, "samples_per_s": num / seconds}
+    if labels is not None:
+      feats, pred = clf.features_and_predictions(x)
+      row["clf_fd"] = frechet.frechet_distance(*frechet.gaussian_stats(feats), *real_stats)
+      row["class_tv"] = 0.5 * float(np.abs(np.bincount(pred, minlength=num_classes)
+                                            / pred.shape[0] - data_freq).sum())
+      if asked is not None:
+        row["agreement"] = float(np.mean(pred == asked))
+    if inception is not None:
+      row["fid"] = frechet.frechet_distance(
+          *inception_lib.reference_stats(features(x, progress=progress)), *fid_ref)
     rows.append(row)
   return ImageEvaluation(rows, samples, asked, floor)
 

@@ -2,10 +2,15 @@
 
   python scripts/evaluate.py --workdir runs/toy --nfe 1 2 4 --num 20000
   python scripts/evaluate.py --workdir runs/digits --nfe 1 2 --num 2000
+  python scripts/evaluate.py --workdir runs/cifar10 --nfe 1 2 --num 50000 \
+      --inception inception_fid.npz --ref cifar10_train_stats.npz
 
 Built-in mixtures are scored exactly against the probability-flow map of the same
 noise; labelled images with the project's classifier (Frechet distance in its
-features, "clf_fd", which is not FID; class agreement). Writes WORKDIR/eval.json
+features, "clf_fd", which is not FID; class agreement), and with --inception
+(converted FID Inception weights; see meanflow_jax/metrics/inception.py) by FID
+against --ref statistics (or the training data's). Sample i's noise is
+fold_in(key, i); batches are split over all local devices. Writes WORKDIR/eval.json
 (one row per NFE), WORKDIR/eval.md and WORKDIR/eval.png (samples; one row per class
 for conditional image runs).
 """
@@ -26,15 +31,23 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise.")
 _PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"],
                             "Parameters (default: the run's sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
+_EMA = flags.DEFINE_float("ema", None, "Decay of the EMA copy to use (default: the first).")
+_INCEPTION = flags.DEFINE_string("inception", None, "FID Inception weights (.npz, see "
+                                 "scripts/convert_inception_weights.py): adds the fid column.")
+_REF = flags.DEFINE_string("ref", None, "FID reference statistics (.npz with mu, sigma; "
+                           "scripts/fid_stats.py); default: the run's training data.")
+_BATCH = flags.DEFINE_integer("batch", 500, "Samples per sampler call.")
 flags.mark_flags_as_required(["workdir"])
 
-TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2"]
-IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv"]
+TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
+               "samples_per_s"]
+IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv", "samples_per_s"]
 
 
 def _toy(workdir, nfes):
   ev = evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, seed=_SEED.value,
-                             params=_PARAMS.value, method=_METHOD.value)
+                             params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
+                             progress=True)
   n = 4000
   panels = [("exact flow map", ev.exact[:n])] + [
       (f"{ev.rows[0]['method']}, {k} NFE", s[:n]) for k, s in ev.samples.items()]
@@ -44,7 +57,9 @@ def _toy(workdir, nfes):
 
 def _images(workdir, nfes, config):
   ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
-                                params=_PARAMS.value, method=_METHOD.value)
+                                params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
+                                inception=_INCEPTION.value, ref=_REF.value, batch=_BATCH.value,
+                                progress=True)
   k, per = config.model.num_classes, config.sample.grid_per_class
   if k:
     panels = [(f"{ev.rows[0]['method']}, {n} NFE",
@@ -53,9 +68,13 @@ def _images(workdir, nfes, config):
     panels = [(f"{ev.rows[0]['method']}, {n} NFE", x[:per * per]) for n, x in ev.samples.items()]
   plotting.image_grids(panels, os.path.join(workdir, "eval.png"), ncols=per,
                        row_labels=list(range(k)) if k else None)
-  floor = dict(ev.floor, method="real data (two halves)", nfe="")
-  print(f"classifier held-out accuracy {ev.floor['classifier_heldout_accuracy']:.4f}")
-  return ev.rows + [floor], IMAGE_COLUMNS
+  columns = IMAGE_COLUMNS if "clf_fd" in ev.rows[0] else ["method", "nfe", "samples_per_s"]
+  if "fid" in ev.rows[0]:
+    columns = columns[:2] + ["fid"] + columns[2:]
+  if "classifier_heldout_accuracy" in ev.floor:
+    print(f"classifier held-out accuracy {ev.floor['classifier_heldout_accuracy']:.4f}")
+  floor = [dict(ev.floor, method="real data (two halves)", nfe="")] if ev.floor else []
+  return ev.rows + floor, columns
 
 
 def main(argv):

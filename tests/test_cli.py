@@ -188,3 +188,43 @@ def test_evaluate_images_writes_table_and_grid(digits_run, tmp_path):
   assert "| meanflow | 1 |" in open(digits_run / "eval.md").read()
   assert (digits_run / "eval.png").stat().st_size > 1000
   assert os.listdir(tmp_path / "cache")  # the classifier was cached
+
+
+def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path):
+  """--inception (here random weights in the converted format) and --ref add a fid column;
+  statistics of the run's own 1-NFE samples as --ref give an FID of zero at 1 NFE, and
+  at 2 NFE the distance computed here from the same samples."""
+  from flax import traverse_util
+
+  from meanflow_jax.metrics import inception
+  from meanflow_jax.training import inference
+  params = inception.init_random_params(jax.random.key(0))
+  np.savez(tmp_path / "w.npz", **{k: np.asarray(v) for k, v in
+                                  traverse_util.flatten_dict(params["params"], sep="/").items()})
+  # The samples evaluate.py draws: noise fold_in(key(0), i), class i mod 10.
+  r = inference.load_run(str(digits_run))
+  eps = paths.sample_noise(jax.random.key(0), 12, r.data_shape)
+  x = inference.make_sampler(r.config, r.model, r.params)(eps, 1, np.arange(12) % 10)
+  features = inception.make_feature_fn(params, batch_size=12)(np.asarray(x))
+  inception.save_stats(str(tmp_path / "ref.npz"), *inception.reference_stats(features))
+  env = dict(os.environ, MEANFLOW_JAX_CACHE=str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
+                         "--workdir", str(digits_run), "--nfe", "1", "2", "--num", "12",
+                         "--batch", "5", "--inception", str(tmp_path / "w.npz"), "--ref",
+                         str(tmp_path / "ref.npz")],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.load(open(digits_run / "eval.json"))
+  assert [r["nfe"] for r in rows] == [1, 2, ""]
+  assert abs(rows[0]["fid"]) < 1e-3
+  # At 2 NFE: the Frechet distance of those samples' features to the reference.
+  from meanflow_jax.metrics import frechet
+  x2 = inference.make_sampler(r.config, r.model, r.params)(eps, 2, np.arange(12) % 10)
+  f2 = inception.make_feature_fn(params, batch_size=12)(np.asarray(x2))
+  want = frechet.frechet_distance(*inception.reference_stats(f2),
+                                  *inception.load_stats(str(tmp_path / "ref.npz")))
+  assert rows[1]["fid"] == pytest.approx(want, rel=1e-3, abs=1e-4)
+  assert rows[0]["samples_per_s"] > 0 and "| fid |" in open(digits_run / "eval.md").read()
+  proc = run("evaluate.py", "--workdir", str(digits_run), "--num", "12", "--inception",
+             str(tmp_path / "nothere.npz"))
+  assert_clean_error(proc, "nothere.npz", "convert_inception_weights.py")

@@ -11,7 +11,7 @@ import numpy as np
 from meanflow_jax import sampling
 from meanflow_jax.errors import ConfigError, RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import loop
+from meanflow_jax.training import loop, sharding
 from meanflow_jax.training import train_state as ts
 
 
@@ -42,12 +42,14 @@ def load_config(workdir, step=None):
     ckpt.close()
 
 
-def load_run(workdir, params=None, step=None):
+def load_run(workdir, params=None, step=None, ema=None):
   """The `Run` of the latest (or given) checkpoint in `workdir`.
 
   Args:
     params: "ema" for the first EMA copy, "raw" for the optimised parameters;
       None takes the run's `sample.params`.
+    ema: with params "ema", the decay of the copy (one of train.ema_decays);
+      None: the first.
   """
   ckpt = _checkpointer(workdir)
   try:
@@ -65,16 +67,23 @@ def load_run(workdir, params=None, step=None):
   params = params or config.sample.params
   if params not in ("ema", "raw"):
     raise ConfigError(f"params must be 'ema' or 'raw'; got {params!r}.")
-  chosen = state.ema_params[0] if params == "ema" else state.params
+  decays = [float(d) for d in config.train.ema_decays]
+  if ema is not None and float(ema) not in decays:
+    raise ConfigError(f"{workdir} keeps EMA copies with decays {decays}; got --ema {ema}.")
+  index = 0 if ema is None else decays.index(float(ema))
+  chosen = state.ema_params[index] if params == "ema" else state.params
   return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes))
 
 
-def make_sampler(config, model, params, method=None):
+def make_sampler(config, model, params, method=None, devices=None):
   """`sample(eps [B, ...], nfe, y=None) -> [B, ...]` for the run's objective, jitted per nfe.
 
   MeanFlow: `nfe` uniform jumps. Flow matching: Euler with `nfe` steps, or Heun
   with `nfe // 2` steps (nfe must then be even). The parameters are an argument
-  of the compiled function, not constants baked into it. `y` int `[B]` asks a
+  of the compiled function, not constants baked into it, replicated on
+  `devices` (default: this process's devices), and every batch is split over
+  them (padded to a multiple of their number); each sample depends only on its
+  own noise and label, so the split does not change it. `y` int `[B]` asks a
   class-conditional model for those classes (guided as it was trained); None, or
   the null class `num_classes`, gives unconditional samples. Unconditional models
   ignore `y`.
@@ -84,6 +93,9 @@ def make_sampler(config, model, params, method=None):
     raise ConfigError(f"method must be one of {sampling.METHODS}; got {method!r}.")
 
   k = int(config.model.num_classes)
+  mesh = sharding.make_mesh(-1, 1, devices=devices or jax.local_devices())
+  rows = sharding.batch_sharding(mesh)
+  params = jax.device_put(params, sharding.replicated(mesh))
 
   @functools.partial(jax.jit, static_argnums=2)
   def _sample(params, eps, nfe, y):
@@ -93,6 +105,13 @@ def make_sampler(config, model, params, method=None):
     if method == "heun":
       return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
     return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
+
+  def split(a, b):
+    """`a` padded to a multiple of the devices along its first axis, and split over them."""
+    pad = (-b) % mesh.size
+    if pad:
+      a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
+    return jax.device_put(a, rows)
 
   def sample(eps, nfe, y=None):
     nfe = int(nfe)
@@ -111,6 +130,9 @@ def make_sampler(config, model, params, method=None):
       raise ConfigError(f"nfe must be >= 1; got {nfe}.")
     if config.objective == "flow_matching" and method == "heun" and nfe % 2:
       raise ConfigError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
-    return _sample(params, eps, nfe, y)
+    b = eps.shape[0]
+    eps = jnp.asarray(eps)
+    out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b))
+    return out[:b]
 
   return sample
