@@ -98,3 +98,43 @@ def test_dryrun_compiles_from_shapes_on_8_fake_devices(tmp_path):
                         "configs/imagenet_dit.py:B/2"], capture_output=True, text=True,
                        timeout=300, cwd=root)
   assert bad.returncode == 2 and "give --data_shape" in bad.stderr
+
+
+SAMPLER_SCRIPT = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+from configs import digits
+from meanflow_jax import paths
+from meanflow_jax.training import inference, train_state as ts
+c = digits.get_config()
+c.model.dit.hidden_size, c.model.dit.depth, c.model.dit.num_heads = 32, 1, 2
+model = ts.build_model(c)
+params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32),
+                             np.ones(1, np.float32), np.ones(1, np.float32), np.zeros(1, np.int32))
+eps = paths.sample_noise(jax.random.key(1), 13, (8, 8, 1))  # 13: padded to 16 on 8 devices
+# The output layer starts at zero (u = 0, samples = noise): perturb every weight.
+leaves, tree = jax.tree.flatten(params)
+keys = jax.random.split(jax.random.key(2), len(leaves))
+params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
+                                   for p, k in zip(leaves, keys)])
+y = np.arange(13) % 11
+out = {}
+for name, devices in (("one", jax.devices()[:1]), ("eight", None)):
+  sample = inference.make_sampler(c, model, params, devices=devices)
+  out[name] = np.asarray(sample(eps, 2, y)).tolist()
+out["moved"] = float(np.abs(np.asarray(out["one"]) - np.asarray(eps)).mean())
+print(json.dumps({"devices": len(jax.devices()), **out}))
+"""
+
+
+def test_sampler_split_over_8_devices_equals_one_device():
+  root = os.path.dirname(HERE)
+  proc = subprocess.run([sys.executable, "-c", SAMPLER_SCRIPT, root], capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  one, eight = np.asarray(out["one"]), np.asarray(out["eight"])
+  assert out["devices"] == 8 and one.shape == (13, 8, 8, 1) and out["moved"] > 0.01
+  np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-6)
