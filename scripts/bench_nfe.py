@@ -9,15 +9,25 @@ evaluates MeanFlow at --mf_nfe and flow matching (Euler, Heun) at --fm_nfe on th
 same noise (and labels) -- mixtures against the exact flow map, images with the
 project's classifier -- and writes WORKDIR/bench.{md,json,png} and
 WORKDIR/bench_samples.png. `train_s` is the time spent in training steps (from
-metrics.jsonl), so rerunning on finished runs reproduces the table.
+metrics.jsonl), so rerunning on finished runs reproduces the quality columns.
+
+Sampling speed, in the same run: `sample_s` (seconds to draw --num samples, compiled
+beforehand) for every row; the bare network forward pass over the same noise
+against the 1-NFE MeanFlow sampler; and, for each method, the fastest setting
+that reaches 1-NFE MeanFlow's quality (WORKDIR/bench_speed.md).
 """
 import json
 import os
+import time
+
+import jax
+import numpy as np
 
 from absl import flags
 from ml_collections import config_flags
 
-from meanflow_jax import cli, evaluate, plotting, training
+from meanflow_jax import cli, evaluate, paths, plotting, training
+from meanflow_jax.training import inference
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both runs.",
                                           lock_config=True)
@@ -32,14 +42,60 @@ _FM_LOSS_P = flags.DEFINE_float("fm_loss_p", 0.0, "Adaptive-weight power of the 
 flags.mark_flags_as_required(["config", "workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
-               "train_s"]
-IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv", "train_s"]
+               "train_s", "sample_s"]
+IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv", "train_s", "sample_s"]
+BATCH = {True: 10_000, False: 500}  # samples per sampler call: mixtures, images
+
+
+def forward_seconds(workdir, num, batch, repeats=3):
+  """Seconds of the bare network forward pass u(eps, 0, 1) over `num` noise samples
+  in batches of `batch` (compiled beforehand; the median of `repeats` passes)."""
+  run = inference.load_run(workdir)
+  eps = paths.sample_noise(jax.random.key(0), num, run.data_shape)
+  y = (np.arange(num) % run.num_classes).astype(np.int32) if run.num_classes else None
+  apply = jax.jit(lambda p, z, y: run.model.apply(p, z, jax.numpy.zeros(z.shape[:1]),
+                                                  jax.numpy.ones(z.shape[:1]), y))
+  part = lambda i: None if y is None else y[i:i + batch]
+  jax.block_until_ready(apply(run.params, eps[:batch], part(0)))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    outs = [apply(run.params, eps[i:i + batch], part(i)) for i in range(0, num, batch)]
+    [np.asarray(o) for o in outs]  # the sampler's timing includes the copy to the host too
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def speed_report(rows, metric, forward_s):
+  """Markdown: 1-NFE sampler against the bare forward pass, and per method the fastest
+  row whose `metric` (lower is better) is at most 1-NFE MeanFlow's."""
+  mf1 = next(r for r in rows if r["method"] == "meanflow" and r["nfe"] == 1)
+  lines = [f"1-NFE MeanFlow: {mf1['sample_s']:.3f} s for the samples; the bare forward pass "
+           f"over the same noise: {forward_s:.3f} s; the sampler adds "
+           f"{100 * (mf1['sample_s'] / forward_s - 1):+.1f} %.", "",
+           f"Fastest setting of each method reaching 1-NFE MeanFlow's {metric} "
+           f"({mf1[metric]:.4f}):", "",
+           "| method | nfe | " + metric + " | sample_s | time / MeanFlow 1-NFE |", "|---|---|---|---|---|"]
+  for method in dict.fromkeys(r["method"] for r in rows if r["nfe"] != ""):
+    ok = [r for r in rows if r["method"] == method and r["nfe"] != "" and r[metric] <= mf1[metric]]
+    if ok:
+      r = min(ok, key=lambda r: r["sample_s"])
+      lines.append(f"| {method} | {r['nfe']} | {r[metric]:.4f} | {r['sample_s']:.3f} | "
+                   f"{r['sample_s'] / mf1['sample_s']:.1f}x |")
+    else:
+      best = min((r for r in rows if r["method"] == method and r["nfe"] != ""),
+                 key=lambda r: r[metric])
+      lines.append(f"| {method} | not reached (best: {best['nfe']} NFE) | {best[metric]:.4f} | "
+                   f"{best['sample_s']:.3f} | |")
+  return "\n".join(lines)
 
 
 def _evaluate(workdir, nfes, method, toy):
   if toy:
-    return evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, method=method)
-  return evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, method=method)
+    return evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, method=method,
+                                 batch=BATCH[toy], progress=True)
+  return evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, method=method,
+                                  batch=BATCH[toy], progress=True)
 
 
 def main(argv):
@@ -69,11 +125,17 @@ def main(argv):
         panels += [(f"{ev.rows[0]['method']}, {k} NFE", _panel(ev, x, config))
                    for k, x in ev.samples.items()]
   base = os.path.join(_WORKDIR.value, "bench")
+  num = _NUM.value or (20_000 if toy else 2_000)
+  forward_s = forward_seconds(os.path.join(_WORKDIR.value, "meanflow"), num, BATCH[toy])
+  speed = speed_report(rows, "transport_rms" if toy else "clf_fd", forward_s)
+  with open(base + "_speed.md", "w") as f:
+    f.write(speed + "\n")
+  print(speed)
   if toy:
     _write_toy(rows, panels, ev, base)
   else:
     _write_images(rows, panels, ev, base, config)
-  print(f"wrote {base}.md, {base}.json, {base}.png and {base}_samples.png")
+  print(f"wrote {base}.md, {base}.json, {base}.png, {base}_speed.md and {base}_samples.png")
 
 
 def _panel(ev, x, config):

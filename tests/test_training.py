@@ -301,6 +301,8 @@ def test_configs_saved_before_image_support_are_upgraded():
   new = checkpoint.upgrade_config(old)
   assert new["data"]["source"] == "mixture" and new["model"]["num_classes"] == 0
   assert new["guidance"]["omega"] == 1.0 and new["model"]["variant"] == ""
+  assert new["model"]["dtype"] == "float32" and new["train"]["sample_every"] == 0
+  assert new["mesh"] == {"data": -1, "fsdp": 1}
   assert checkpoint.upgrade_config({"data": {"path": "x.npy"}})["data"]["source"] == "points"
   # Keys of models not in use do not block a resume.
   current = dict(new, model=dict(new["model"], dit={"depth": 3}))

@@ -15,7 +15,9 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective",
 
 # Keys added after the first release, with the values that runs saved before them
 # were trained with (data.source is derived from data.path).
-_LEGACY = {"model": {"variant": "", "num_classes": 0},
+_LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
+           "mesh": {"data": -1, "fsdp": 1},
+           "train": {"sample_every": 0, "sample_nfe": 0},
            "data": {"flip": False, "latent_scale": 0.18215},
            "guidance": {"label_dropout": 0.1, "omega": 1.0, "kappa": 0.0, "t_min": 0.0,
                         "t_max": 1.0},
