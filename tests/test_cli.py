@@ -228,3 +228,29 @@ def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path
   proc = run("evaluate.py", "--workdir", str(digits_run), "--num", "12", "--inception",
              str(tmp_path / "nothere.npz"))
   assert_clean_error(proc, "nothere.npz", "convert_inception_weights.py")
+
+
+def test_fid_stats_of_an_image_array(tmp_path):
+  """scripts/fid_stats.py on a 5-image .npy (random Inception weights): mu and sigma of the
+  features computed here; a missing weights file stops before the data is read."""
+  from flax import traverse_util
+
+  from meanflow_jax.metrics import inception
+  params = inception.init_random_params(jax.random.key(0))
+  np.savez(tmp_path / "w.npz", **{k: np.asarray(v) for k, v in
+                                  traverse_util.flatten_dict(params["params"], sep="/").items()})
+  x = np.random.default_rng(0).integers(0, 256, size=(5, 12, 12, 3), dtype=np.uint8)
+  np.save(tmp_path / "x.npy", x)
+  proc = run("fid_stats.py", "--source", "array", "--path", str(tmp_path / "x.npy"),
+             "--inception", str(tmp_path / "w.npz"), "--out", str(tmp_path / "s.npz"),
+             "--batch", "5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  mu, sigma = inception.load_stats(str(tmp_path / "s.npz"))
+  features = inception.make_feature_fn(params, batch_size=5)(x)
+  np.testing.assert_allclose(mu, features.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sigma, np.cov(features.astype(np.float64), rowvar=False),
+                             rtol=1e-4, atol=1e-7)
+  proc = run("fid_stats.py", "--source", "array", "--path", str(tmp_path / "x.npy"),
+             "--inception", str(tmp_path / "none.npz"), "--out", str(tmp_path / "t.npz"))
+  assert_clean_error(proc, "none.npz")
+  assert not (tmp_path / "t.npz").exists()
