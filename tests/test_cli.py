@@ -119,7 +119,8 @@ def test_evaluate_writes_json_and_png(trained):
   direct = evaluate.evaluate_toy(str(trained), [1, 2], num=500).rows
   for a, b in zip(rows, direct):
     assert a.keys() == b.keys()
-    for k in a:
+    assert a["sample_s"] > 0 and a["samples_per_s"] > 0
+    for k in set(a) - {"sample_s", "samples_per_s"}:  # timings differ from run to run
       assert a[k] == (pytest.approx(b[k], rel=1e-5) if isinstance(a[k], float) else b[k])
   assert (trained / "eval.png").stat().st_size > 1000
 
