@@ -75,6 +75,17 @@ def load_run(workdir, params=None, step=None, ema=None):
   return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes))
 
 
+def draw(objective, model, method, params, eps, nfe, y):
+  """Samples from noise `eps` with `nfe` network evaluations: MeanFlow jumps, or
+  flow matching by Euler (`nfe` steps) or Heun (`nfe // 2` steps). Pure; unchecked."""
+  if objective == "meanflow":
+    return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
+  v_fn = lambda z, t: model.apply(params, z, t, t, y)
+  if method == "heun":
+    return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
+  return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
+
+
 def make_sampler(config, model, params, method=None, devices=None):
   """`sample(eps [B, ...], nfe, y=None) -> [B, ...]` for the run's objective, jitted per nfe.
 
@@ -97,14 +108,7 @@ def make_sampler(config, model, params, method=None, devices=None):
   rows = sharding.batch_sharding(mesh)
   params = jax.device_put(params, sharding.replicated(mesh))
 
-  @functools.partial(jax.jit, static_argnums=2)
-  def _sample(params, eps, nfe, y):
-    if config.objective == "meanflow":
-      return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
-    v_fn = lambda z, t: model.apply(params, z, t, t, y)
-    if method == "heun":
-      return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
-    return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
+  _sample = jax.jit(functools.partial(draw, config.objective, model, method), static_argnums=2)
 
   def split(a, b):
     """`a` padded to a multiple of the devices along its first axis, and split over them."""

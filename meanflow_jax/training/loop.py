@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax import plotting, sampling
+from meanflow_jax import plotting
 from meanflow_jax.data import PointSource, images
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import distributed, sharding
+from meanflow_jax.training import distributed, inference, sharding
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.summary import SummaryWriter
 from meanflow_jax.training.train_step import train_step
@@ -146,16 +146,11 @@ def _make_preview(config, model, source, mesh):
   nfe = config.train.sample_nfe or (1 if config.objective == "meanflow" else 16)
   eps, y = _preview_inputs(config, source)
   method = config.sample.method
-
-  def sample(params):
-    if config.objective == "meanflow":
-      return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
-    v_fn = lambda z, t: model.apply(params, z, t, t, y)
-    steps = max(1, nfe // 2) if method == "heun" else nfe
-    return sampling.flow_matching_sample(v_fn, eps, steps, method)
-
+  evaluations = max(2, nfe) if method == "heun" else nfe  # Heun: at least one step
   # Replicated output: every process holds the samples; process 0 draws them.
-  jitted = jax.jit(sample, out_shardings=sharding.replicated(mesh))
+  jitted = jax.jit(lambda params: inference.draw(config.objective, model, method, params, eps,
+                                                 evaluations, y),
+                   out_shardings=sharding.replicated(mesh))
   return lambda params: np.asarray(jitted(params)), nfe
 
 
