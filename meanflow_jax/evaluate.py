@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax import paths
 from meanflow_jax.data import images as image_data
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
@@ -46,10 +45,10 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
   if config.data.source != "mixture":
     raise ConfigError(f"{workdir} trained on data.source = {config.data.source!r}; exact "
                       "metrics need a built-in mixture (data.source = 'mixture').")
-  mixture = points.mixture(config.data.mixture)
+  mixture = points.config_mixture(config.data)
   key_noise, key_reference = jax.random.split(jax.random.key(seed))
   reference = toy.make_reference(mixture, key_reference, num)
-  eps = paths.sample_noise(key_noise, num, (mixture.dim,))
+  eps = run.prior.sample(key_noise, num, (mixture.dim,))
   flow = jax.jit(lambda e: mixture.flow_map(e, 1.0, 0.0, flow_steps))
   exact = jnp.concatenate([flow(eps[i:i + batch]) for i in range(0, num, batch)])
   sampler = inference.make_sampler(config, model, p, method=method)
@@ -152,10 +151,10 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
       fid_ref = inception_lib.reference_stats(real_incep)
       floor["fid"] = frechet.frechet_distance_features(real_incep[half_a], real_incep[half_b])
 
-  eps = paths.sample_noise(jax.random.key(seed), num, run.data_shape)
   # Classes the data has labels for (a model may have been built with spare ones).
   asked = (np.arange(num) % min(run.num_classes, num_classes)
            if run.num_classes and labels is not None else None)
+  eps = run.prior.sample(jax.random.key(seed), num, run.data_shape, asked)
   sampler = inference.make_sampler(config, run.model, run.params, method=method)
   name = sampler_name(config.objective, method or config.sample.method)
   rows, samples = [], {}

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from meanflow_jax import cli, paths, plotting
+from meanflow_jax import cli, plotting
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError, DataError
 from meanflow_jax.training import inference
@@ -108,7 +108,7 @@ def main(argv):
   num = num or (1000 if len(shape) == 1 else 100)
   y = _labels(run, num)
   if not _NOISE.value:
-    eps = paths.sample_noise(jax.random.key(_SEED.value), num, shape)
+    eps = run.prior.sample(jax.random.key(_SEED.value), num, shape, y)
   sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value)
   x = np.asarray(sampler(eps, _NFE.value, y))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
@@ -117,7 +117,7 @@ def main(argv):
   png = _OUT.value[:-len(".npy")] + ".png"
   title = f"{config.objective}, {_NFE.value} NFE"
   if shape == (2,):
-    log_prob = (points.mixture(config.data.mixture).log_prob
+    log_prob = (points.config_mixture(config.data).log_prob
                 if config.data.source == "mixture" else None)
     plotting.scatter([(title, x[:config.sample.num_plot])], png, log_prob=log_prob)
   elif len(shape) == 3:

@@ -434,6 +434,17 @@ class ImageSource:
     Returns:
       `(x float32 [B/n, H, W, C], y int32 [B/n])`; y is zeros for unlabeled data.
     """
+    rows, flips = self.rows(step, shard)
+    x = np.asarray(self.images[rows], np.float32)
+    if self.scale != 1.0:
+      x = x * np.float32(self.scale)
+    if flips.any():
+      x[flips] = x[flips][:, :, ::-1]
+    y = self.labels[rows] if self.labels is not None else np.zeros(len(rows), np.int32)
+    return x, y
+
+  def rows(self, step, shard=(0, 1)):
+    """(indices int64 `[B/n]` of the examples of batch `step`'s shard, flips bool `[B/n]`)."""
     step = int(step)
     index, count = (int(s) for s in shard)
     if step < 0:
@@ -454,13 +465,7 @@ class ImageSource:
       rows[at] = perm[offset[at]]
       if flip is not None:
         flips[at] = flip[offset[at]]
-    x = np.asarray(self.images[rows], np.float32)
-    if self.scale != 1.0:
-      x = x * np.float32(self.scale)
-    if flips.any():
-      x[flips] = x[flips][:, :, ::-1]
-    y = self.labels[rows] if self.labels is not None else np.zeros(part, np.int32)
-    return x, y
+    return rows, flips
 
 
 def make_image_source(source, *, path="", batch_size, seed, flip=False, latent_scale=0.18215):

@@ -9,19 +9,38 @@ from meanflow_jax import analytic
 from meanflow_jax.errors import DataError
 
 
+def two_modes(dim=2, separation=4.0, std=0.25):
+  """Two equal-weight modes N(+-separation/2 e_0, std^2 I) in `dim` dimensions."""
+  if dim < 1 or separation < 0 or std <= 0:
+    raise DataError(f"two_modes needs dim >= 1, separation >= 0 and std > 0; got {dim}, "
+                    f"{separation}, {std}.")
+  means = jnp.zeros((2, int(dim))).at[:, 0].set(jnp.array([-0.5, 0.5]) * separation)
+  return analytic.GaussianMixture(means=means, stds=jnp.full((2,), float(std)),
+                                  weights=jnp.full((2,), 0.5))
+
+
 MIXTURES = {
-    "ring8": lambda: analytic.ring_mixture(num_modes=8, radius=2.0, std=0.2),
+    "ring8": lambda **_: analytic.ring_mixture(num_modes=8, radius=2.0, std=0.2),
     # One Gaussian N((1, -1), 0.5^2 I): the straight-flow case, quick to learn (tests).
-    "gaussian": lambda: analytic.GaussianMixture(
+    "gaussian": lambda **_: analytic.GaussianMixture(
         means=jnp.array([[1.0, -1.0]]), stds=jnp.array([0.5]), weights=jnp.array([1.0])),
+    "two_modes": two_modes,
 }
 
 
-def mixture(name):
-  """The built-in mixture called `name` (an `analytic.GaussianMixture`)."""
+def mixture(name, **params):
+  """The built-in mixture called `name` (an `analytic.GaussianMixture`); `params`
+  (dim, separation, std) shape the parametric ones."""
   if name not in MIXTURES:
     raise DataError(f"unknown built-in mixture {name!r}; available: {sorted(MIXTURES)}.")
-  return MIXTURES[name]()
+  return MIXTURES[name](**params)
+
+
+def config_mixture(data):
+  """The mixture of a config's `data` section."""
+  return mixture(data.mixture, dim=data.get("mixture_dim", 2),
+                 separation=data.get("mixture_separation", 4.0),
+                 std=data.get("mixture_std", 0.25))
 
 
 def check_points(x, source="data"):
@@ -68,7 +87,7 @@ class PointSource:
   so it is the same whatever the batch is split into.
   """
 
-  def __init__(self, *, batch_size, key, path="", mixture_name="ring8"):
+  def __init__(self, *, batch_size, key, path="", mixture_name="ring8", mixture_params=None):
     self.batch_size = int(batch_size)
     self.key = key
     if path:
@@ -76,7 +95,7 @@ class PointSource:
       self.mixture = None
     else:
       self.points = None
-      self.mixture = mixture(mixture_name)
+      self.mixture = mixture(mixture_name, **(mixture_params or {}))
     self._batch = jax.jit(self._make_batch)
 
   @property

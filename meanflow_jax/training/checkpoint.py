@@ -7,10 +7,12 @@ import orbax.checkpoint as ocp
 from meanflow_jax.errors import CheckpointMismatchError
 
 
-# Config keys (and sections) that fix the structure or shapes of the state: a
-# checkpoint whose saved config differs in these cannot be restored into this run.
+# Config keys (and sections) that fix the structure or shapes of the state, or what
+# the parameters mean (the prior they map from): a checkpoint whose saved config
+# differs in these cannot be restored into this run.
 # The section of the model in use (e.g. "model.dit") is added by `shape_keys`.
-SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective",
+SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective", "prior.name",
+              "prior.factor", "prior.noise_std",
               "train.ema_decays", "optimizer.name", "optimizer.grad_clip")
 
 # Keys added after the first release, with the values that runs saved before them
@@ -18,7 +20,10 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective",
 _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
            "mesh": {"data": -1, "fsdp": 1},
            "train": {"sample_every": 0, "sample_nfe": 0},
-           "data": {"flip": False, "latent_scale": 0.18215},
+           "data": {"flip": False, "latent_scale": 0.18215, "mixture_dim": 2,
+                    "mixture_separation": 4.0, "mixture_std": 0.25},
+           "prior": {"name": "gaussian", "coupling": "independent", "factor": 2,
+                     "noise_std": 0.5, "fit_examples": 10_000},
            "guidance": {"label_dropout": 0.1, "omega": 1.0, "kappa": 0.0, "t_min": 0.0,
                         "t_max": 1.0},
            "sample": {"grid_per_class": 10}}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from meanflow_jax import sampling
+from meanflow_jax import priors, sampling
 from meanflow_jax.errors import ConfigError, RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import loop, sharding
@@ -21,6 +21,7 @@ class Run(NamedTuple):
   params: object
   data_shape: tuple  # shape of one data sample, e.g. (2,) or (8, 8, 1)
   num_classes: int   # classes of a conditional model; 0 for an unconditional one
+  prior: priors.Prior = priors.Prior()  # the source: `prior.sample(key, num, data_shape, y)`
 
 
 def _checkpointer(workdir):
@@ -72,7 +73,10 @@ def load_run(workdir, params=None, step=None, ema=None):
     raise ConfigError(f"{workdir} keeps EMA copies with decays {decays}; got --ema {ema}.")
   index = 0 if ema is None else decays.index(float(ema))
   chosen = state.ema_params[index] if params == "ema" else state.params
-  return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes))
+  stats = (priors.load_stats(os.path.join(workdir, priors.STATS_FILE))
+           if config.prior.name == "lowfreq" else None)
+  return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes),
+             priors.from_config(config, stats))
 
 
 def draw(objective, model, method, params, eps, nfe, y):

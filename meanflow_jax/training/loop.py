@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax import plotting
-from meanflow_jax.data import PointSource, images
+from meanflow_jax import plotting, priors
+from meanflow_jax.data import PointSource, images, pairs
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
@@ -55,12 +55,19 @@ def make_source(config):
   classes do not fit the data's labels.
   """
   d = config.data
-  if d.source in VECTOR_SOURCES:
+  if d.source == "pairs":
+    x, eps, labels, k = pairs.load_pairs(d.path)
+    source = pairs.PairSource(x, eps, labels, k, batch_size=config.train.batch_size,
+                              seed=config.seed)
+  elif d.source in VECTOR_SOURCES:
     if d.source == "points" and not d.path:
       raise ConfigError("data.source = 'points' needs data.path (a .npy [N, D] array).")
     source = _Points(PointSource(batch_size=config.train.batch_size, key=run_keys(config.seed)[2],
                                  path=d.path if d.source == "points" else "",
-                                 mixture_name=d.mixture))
+                                 mixture_name=d.mixture,
+                                 mixture_params=dict(dim=d.mixture_dim,
+                                                     separation=d.mixture_separation,
+                                                     std=d.mixture_std)))
   else:
     source = images.make_image_source(d.source, path=d.path, batch_size=config.train.batch_size,
                                       seed=config.seed, flip=d.flip, latent_scale=d.latent_scale)
@@ -129,22 +136,35 @@ def _check_finite(logs, first_step, ckpt):
 PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
 
 
-def _preview_inputs(config, source):
+def make_prior(config, source):
+  """The run's `priors.Prior`; the low-frequency prior is fitted on the training stream.
+
+  Raises ConfigError for a prior that does not fit the data.
+  """
+  priors.check_prior_config(config, source.shape)
+  if config.data.source == "pairs" and (config.prior.name, config.prior.coupling) != (
+      "gaussian", "independent"):
+    raise ConfigError("data.source = 'pairs' trains on the file's own (x, eps) pairing; keep "
+                      "prior.name = 'gaussian' and prior.coupling = 'independent'.")
+  stats = priors.fit_from_source(config, source) if config.prior.name == "lowfreq" else None
+  return priors.from_config(config, stats)
+
+
+def _preview_inputs(config, source, prior):
   """(noise [M, ...], labels [M] or None) of the sample grids written during training:
   the same noise at every interval, so the grids show one model changing."""
   k = source.num_classes if config.model.num_classes else 0
   per_class = config.sample.grid_per_class
   m = k * per_class if k else (config.sample.num_plot if len(source.shape) == 1 else 64)
   key = jax.random.fold_in(jax.random.key(config.seed), PREVIEW_STREAM)
-  eps = jax.random.normal(key, (m, *source.shape), jnp.float32)
   y = jnp.repeat(jnp.arange(k, dtype=jnp.int32), per_class) if k else None
-  return eps, y
+  return prior.sample(key, m, source.shape, y), y
 
 
-def _make_preview(config, model, source, mesh):
+def _make_preview(config, model, source, mesh, prior):
   """`preview(params) -> samples [M, ...]` (numpy, on every process) at train.sample_nfe."""
   nfe = config.train.sample_nfe or (1 if config.objective == "meanflow" else 16)
-  eps, y = _preview_inputs(config, source)
+  eps, y = _preview_inputs(config, source, prior)
   method = config.sample.method
   evaluations = max(2, nfe) if method == "heun" else nfe  # Heun: at least one step
   # Replicated output: every process holds the samples; process 0 draws them.
@@ -206,6 +226,7 @@ def train(config, workdir):
   source = make_source(config)  # validates the data before the workdir is touched
   model = ts.build_model(config)
   ts.check_model_fits(model, source.shape)
+  prior = make_prior(config, source)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
   batch_size = config.train.batch_size
@@ -217,12 +238,14 @@ def train(config, workdir):
                       f"{mesh.size} devices of the mesh; use a multiple of {mesh.size}.")
   state_sh, batch_sh = plan_shardings(config, model, tx, source.shape, mesh)
   shapes = ((batch_size, *source.shape), (batch_size,))
+  if config.data.source == "pairs":  # batches carry their eps
+    batch_sh, shapes = batch_sh + batch_sh[:1], shapes + shapes[:1]
   shard = distributed.local_shard(batch_sh[0], shapes[0])
 
   def load(step):
     """This process's rows of batch `step`, as global arrays over the mesh."""
-    x, y = source.batch(step, shard=shard)
-    return tuple(distributed.global_batch(s, a, g) for s, a, g in zip(batch_sh, (x, y), shapes))
+    arrays = source.batch(step, shard=shard)
+    return tuple(distributed.global_batch(s, a, g) for s, a, g in zip(batch_sh, arrays, shapes))
 
   main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -244,20 +267,23 @@ def train(config, workdir):
   if main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config_dict, f, indent=2)
+    if prior.stats is not None:
+      priors.save_stats(os.path.join(workdir, priors.STATS_FILE), prior.stats)
     _truncate_metrics(metrics_path, start)
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=main)
 
   step_fn = functools.partial(
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
       time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
+      guidance_cfg=config.guidance, num_classes=config.model.num_classes,
+      prior=prior)
   # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
   replicated = sharding.replicated(mesh)
   compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
                      out_shardings=(state_sh, replicated)).lower(
       state, load(start), key_steps).compile()
   sample_every = config.train.sample_every
-  preview, preview_nfe = (_make_preview(config, model, source, mesh) if sample_every
+  preview, preview_nfe = (_make_preview(config, model, source, mesh, prior) if sample_every
                           else (None, 0))
 
   stop = {"signal": None}

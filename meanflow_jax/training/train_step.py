@@ -36,8 +36,12 @@ def guided_target_velocity(apply_fn, params, x, eps, t, y, is_null, guidance_cfg
 
 
 def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays,
-               guidance_cfg=None, num_classes=0):
-  """state, batch (x `[B, ...]`, y int `[B]`), base key -> (new state, metrics).
+               guidance_cfg=None, num_classes=0, prior=None):
+  """state, batch (x `[B, ...]`, y int `[B]`[, eps `[B, ...]`]), base key -> (new state, metrics).
+
+  The source sample paired with each x is `prior.couple(key, x)` (`priors.Prior`;
+  None: independent N(0, I) noise), or the batch's own eps when it carries one
+  (reflow pairs).
 
   The step's randomness is `fold_in(base_key, state.step)` and, within it, per
   sample (`fold_in(key, i)`), so it depends only on the step number and the
@@ -50,11 +54,16 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   `objectives.guided_velocity`, whose u(z_t, t, t | .) terms come from the current
   parameters under a stop-gradient. Unconditional models ignore `y`.
   """
-  x, y = batch
+  x, y = batch[:2]
   key = jax.random.fold_in(base_key, state.step)
   key_eps, key_time, key_drop, key_dropout = jax.random.split(key, 4)
   b = x.shape[0]
-  eps = paths.sample_noise(key_eps, b, x.shape[1:], x.dtype)
+  if len(batch) == 3:
+    eps = batch[2]
+  elif prior is None:
+    eps = paths.sample_noise(key_eps, b, x.shape[1:], x.dtype)
+  else:
+    eps = prior.couple(key_eps, x)
   rngs = {"dropout": key_dropout}
 
   if objective == "meanflow":

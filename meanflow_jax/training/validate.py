@@ -1,9 +1,9 @@
 """Checks of a config's values before a run touches its work directory."""
-from meanflow_jax import models, sampling, timesteps
+from meanflow_jax import models, priors, sampling, timesteps
 from meanflow_jax.errors import ConfigError
 
 OBJECTIVES = ("meanflow", "flow_matching")
-SOURCES = ("mixture", "points", "digits", "mnist", "array", "folder", "cifar10", "latents")
+SOURCES = ("mixture", "points", "pairs", "digits", "mnist", "array", "folder", "cifar10", "latents")
 
 
 def _one_of(name, value, options):
@@ -19,12 +19,13 @@ def _positive(name, value):
 def check_config(c):
   """Raises ConfigError naming the first key whose value cannot work."""
   _one_of("objective", c.objective, OBJECTIVES)
+  priors.check_prior_config(c)
   _one_of("model.name", c.model.name, models.available())
   if c.model.variant:
     _one_of("model.variant", c.model.variant, models.variants(c.model.name))
   _one_of("data.source", c.data.source, SOURCES)
   _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
-  if c.data.source in ("points", "array", "folder", "latents") and not c.data.path:
+  if c.data.source in ("points", "pairs", "array", "folder", "latents") and not c.data.path:
     raise ConfigError(f"data.source = {c.data.source!r} reads data.path; it is empty.")
   if c.model.num_classes < 0:
     raise ConfigError(f"model.num_classes must be >= 0; got {c.model.num_classes}.")
