@@ -152,3 +152,56 @@ def ring_mixture(num_modes=8, radius=2.0, std=0.2):
   means = radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1)
   return GaussianMixture(means=means, stds=jnp.full((num_modes,), std),
                          weights=jnp.full((num_modes,), 1.0 / num_modes))
+
+
+class StraightGaussian(NamedTuple):
+  """Data N(mean, diag(std^2)) joined to noise N(0, I) by the monotone (optimal-transport)
+  coupling x = mean + std * eps, so every path z_t = (1-t) x + t eps is a straight line
+  travelled at the constant velocity eps - x.
+
+  Same endpoints as `Gaussian` (for an isotropic std), which uses the independent
+  coupling: there x and eps are drawn independently, the marginal paths are
+  z_t = (1-t) m + S(t) eps and curve, although its ODE carries eps to the same
+  x = m + std * eps at t = 0. Here, with a(t) = (1-t) std + t,
+
+      z_t        = (1-t) mean + a(t) eps
+      v(z, t)    = -mean + (1 - std) / a(t) * (z - (1-t) mean)
+      u(z, r, t) = v(z, t)    (the velocity is constant along each path)
+      Phi_{t->r}(z) = (1-r) mean + a(r) / a(t) * (z - (1-t) mean)
+
+  `std` must be positive (a negative one is the anti-monotone map, whose paths cross).
+  """
+  mean: jax.Array  # [D]
+  std: jax.Array   # float or [D], > 0
+
+  def _a(self, a):
+    return (1 - a) * self.std + a
+
+  def coupling(self, eps):
+    """The data point x `[B, D]` paired with noise eps `[B, D]`."""
+    return self.mean + self.std * eps
+
+  def velocity(self, z, t):
+    """Exact marginal v(z, t); z `[B, D]`, t scalar or `[B]` -> `[B, D]`."""
+    t = _time_like(t, z)
+    return -self.mean + (1 - self.std) / self._a(t) * (z - (1 - t) * self.mean)
+
+  def average_velocity(self, z, r, t):
+    """u(z, r, t) = v(z, t) for every r: paths are straight at constant speed."""
+    del r
+    return self.velocity(z, t)
+
+  def flow_map(self, z, t, r):
+    """Phi_{t -> r}(z): the point at time r of the straight path through z at time t."""
+    t, r = _time_like(t, z), _time_like(r, z)
+    return (1 - r) * self.mean + self._a(r) / self._a(t) * (z - (1 - t) * self.mean)
+
+  def sample(self, key, n):
+    """`[n, D]` data samples."""
+    return self.coupling(jax.random.normal(key, (n,) + self.mean.shape))
+
+  def log_prob(self, x):
+    """log density of the data at x `[B, D]` -> `[B]`."""
+    std = jnp.broadcast_to(jnp.asarray(self.std, x.dtype), self.mean.shape)
+    return (-0.5 * jnp.sum(((x - self.mean) / std) ** 2, -1) - jnp.sum(jnp.log(std))
+            - 0.5 * x.shape[-1] * jnp.log(2 * jnp.pi))
