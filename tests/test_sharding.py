@@ -39,12 +39,14 @@ def test_make_mesh_checks_the_device_count():
     sharding.make_mesh(data=n + 1, fsdp=1)
 
 
-@pytest.mark.parametrize("model", ["dit", "unet"])
-def test_sharded_step_on_8_devices_equals_one_device(model):
+@pytest.mark.parametrize("model,prior", [("dit", "gaussian"), ("unet", "gaussian"),
+                                         ("dit", "ot"), ("dit", "lowfreq")])
+def test_sharded_step_on_8_devices_equals_one_device(model, prior):
   """A (data 4, fsdp 2) mesh of fake CPU devices: the same losses and parameters
-  (the U-Net with dropout 0.3: its masks are drawn for the global batch)."""
+  (the U-Net with dropout 0.3: its masks are drawn for the global batch; minibatch
+  OT assigns the noise over the global batch, not per device)."""
   proc = subprocess.run([sys.executable, os.path.join(HERE, "helpers", "sharded_step.py"),
-                         "4", "2", model], capture_output=True, text=True, timeout=300)
+                         "4", "2", model, prior], capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["devices"] == 8 and out["fsdp_sharded_leaves"] > 0

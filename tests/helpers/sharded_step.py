@@ -14,12 +14,17 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from configs import digits  # noqa: E402
+from meanflow_jax import priors  # noqa: E402
 from meanflow_jax.data import images  # noqa: E402
 from meanflow_jax.training import sharding, train_state as ts  # noqa: E402
 from meanflow_jax.training.train_step import train_step  # noqa: E402
 
 
-def main(data, fsdp, model_name="dit"):
+PRIORS = {"gaussian": priors.Prior(), "ot": priors.Prior(coupling="minibatch_ot"),
+          "lowfreq": priors.Prior(name="lowfreq", factor=2, noise_std=0.5)}
+
+
+def main(data, fsdp, model_name="dit", prior="gaussian"):
   c = digits.get_config()
   c.model.dit.hidden_size, c.model.dit.depth, c.model.dit.num_heads = 64, 1, 2
   if model_name == "unet":  # with dropout: its masks must not depend on the layout either
@@ -32,7 +37,7 @@ def main(data, fsdp, model_name="dit"):
   source = images.make_image_source("digits", batch_size=32, seed=0)
   step = functools.partial(train_step, apply_fn=model.apply, tx=tx, objective="meanflow",
                            time_cfg=c.time, loss_cfg=c.loss, ema_decays=(0.99,),
-                           guidance_cfg=c.guidance, num_classes=10)
+                           guidance_cfg=c.guidance, num_classes=10, prior=PRIORS[prior])
   key = jax.random.key(1)
 
   def run(jitted, state):
