@@ -114,6 +114,9 @@ def get_config():
   c.train.sample_every = 0    # steps between sample grids in workdir/samples (and TensorBoard),
                               # from fixed noise with the sample.params copy; 0 = none
   c.train.sample_nfe = 0      # NFE of those samples; 0 = 1 for MeanFlow, 16 for flow matching
+  c.train.init_from = ""      # workdir of a trained run whose parameters (its sample.params copy)
+                              # start this one (params and EMA; fresh optimizer): fine-tuning,
+                              # reflow. Only read when the run starts; resuming ignores it.
 
   c.sample = ml_collections.ConfigDict()
   c.sample.params = "ema"     # "ema" (first EMA copy) | "raw" for sampling and evaluation

@@ -19,7 +19,7 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective", "
 # were trained with (data.source is derived from data.path).
 _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
            "mesh": {"data": -1, "fsdp": 1},
-           "train": {"sample_every": 0, "sample_nfe": 0},
+           "train": {"sample_every": 0, "sample_nfe": 0, "init_from": ""},
            "data": {"flip": False, "latent_scale": 0.18215, "mixture_dim": 2,
                     "mixture_separation": 4.0, "mixture_std": 0.25},
            "prior": {"name": "gaussian", "coupling": "independent", "factor": 2,

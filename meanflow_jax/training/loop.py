@@ -195,6 +195,25 @@ def _write_preview(samples, config, source, step, nfe, workdir, writer):
   return path
 
 
+def _init_from(config, state, state_sh, meta):
+  """`state` with params and every EMA copy set to the `sample.params` copy of the run in
+  `train.init_from` (same model; the optimizer starts afresh)."""
+  src = config.train.init_from
+  saved = inference.load_config(src)
+  diffs = ckpt_lib.config_mismatches(saved.to_dict(), config.to_dict(),
+                                     keys=("model", "prior.name", "prior.factor"))
+  if diffs:
+    raise CheckpointMismatchError(f"train.init_from = {src} holds another model:\n  "
+                                  + "\n  ".join(diffs))
+  run = inference.load_run(src)
+  if list(run.data_shape) != meta["data_shape"]:
+    raise CheckpointMismatchError(f"train.init_from = {src} was trained on data of shape "
+                                  f"{list(run.data_shape)}, this run's is {meta['data_shape']}.")
+  params = jax.device_put(run.params, state_sh.params)
+  copy = lambda: jax.tree.map(jnp.copy, params)  # own buffers: the step donates the state
+  return state.replace(params=copy(), ema_params=tuple(copy() for _ in state.ema_params))
+
+
 def _check_resume_meta(saved, meta, start, workdir, config):
   for k in ("data_shape", "num_classes", "batch_size"):
     if k in saved and saved[k] != meta[k]:
@@ -255,6 +274,8 @@ def train(config, workdir):
   if start is None:
     state = jax.jit(_init_fn(config, model, tx, source.shape),
                     out_shardings=state_sh)(key_init)
+    if config.train.init_from:
+      state = _init_from(config, state, state_sh, meta)
     start = 0
   else:
     _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config)
