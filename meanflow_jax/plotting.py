@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -65,6 +66,10 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
     if m in thresholds:
       ax.axhline(thresholds[m], color="0.5", ls="--", lw=1)
     ax.set(xscale="log", xlabel="NFE", title=m, yscale="log" if m in log_metrics else "linear")
+    # NFE are integers: label them as such, not as powers of ten.
+    ax.set_xticks(sorted({r["nfe"] for r in rows}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
