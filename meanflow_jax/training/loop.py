@@ -200,8 +200,11 @@ def _init_from(config, state, state_sh, meta):
   `train.init_from` (same model; the optimizer starts afresh)."""
   src = config.train.init_from
   saved = inference.load_config(src)
-  diffs = ckpt_lib.config_mismatches(saved.to_dict(), config.to_dict(),
-                                     keys=("model", "prior.name", "prior.factor"))
+  # The network and what it maps from must agree; the objective may differ (a MeanFlow
+  # run may start from a flow-matching one), so may the optimizer and EMA.
+  keys = ("model.name", "model.variant", "model.num_classes", f"model.{config.model.name}",
+          "prior.name", "prior.factor", "prior.noise_std")
+  diffs = ckpt_lib.config_mismatches(saved.to_dict(), config.to_dict(), keys=keys)
   if diffs:
     raise CheckpointMismatchError(f"train.init_from = {src} holds another model:\n  "
                                   + "\n  ".join(diffs))
