@@ -98,7 +98,8 @@ def _timed_samples(sampler, eps, nfe, labels, batch, progress, what):
 
 
 def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=None, batch=500,
-                    cache_dir=None, ema=None, inception=None, ref=None, progress=False):
+                    cache_dir=None, ema=None, inception=None, ref=None, progress=False,
+                    data=None):
   """Quality of a run trained on images, at each NFE in `nfes`.
 
   Sample i uses noise from `fold_in(key, i)` and, for a class-conditional run,
@@ -111,7 +112,9 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   between the predicted class frequencies and the data's). With `inception` (the
   path of converted FID Inception weights, `metrics.inception`): `fid` against
   the statistics in `ref` (an .npz of mu, sigma) or, without it, against the
-  Inception statistics of the run's training data. Every row also has
+  Inception statistics of the run's training data. `data`: the config's data
+  section to score against instead of the run's own (a reflow run trained on
+  stored pairs is scored against the images its pairs imitate). Every row also has
   `sample_s` (seconds to draw the `num` samples) and `samples_per_s`.
 
   Returns:
@@ -119,7 +122,10 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   """
   run = inference.load_run(workdir, params=params, ema=ema)
   config = run.config
-  d = config.data
+  d = data or config.data
+  if d.source == "pairs":
+    raise ConfigError(f"{workdir} trained on stored pairs: pass the data they imitate "
+                      "(data=the first run's config.data).")
   if d.source in ("mixture", "points"):
     raise ConfigError(f"{workdir} trained on vectors ({d.source}); use evaluate_toy.")
   if d.source == "latents":

@@ -1,17 +1,22 @@
-"""Reflow against MeanFlow at the same total compute, on a built-in mixture.
+"""Reflow against MeanFlow at the same total compute.
 
   python scripts/study_reflow.py --config configs/toy.py --workdir runs/reflow
+  python scripts/study_reflow.py --config configs/digits.py --workdir runs/reflow_digits \
+      --out results/reflow_digits --num_pairs 20000 --num 2000 --num_paths 256 --path_steps 32
 
 1. Flow matching on independent pairs (1-rectified flow), `--fm_steps` steps.
 2. `--num_pairs` pairs (Phi(eps), eps) from its ODE (Heun, `--pair_nfe` evaluations).
 3. Reflow: flow matching on those pairs, started from the first model, `--reflow_steps`.
 4. MeanFlow from scratch with as many steps as the FLOPs of 1-3 buy (XLA's counts of
    one training step of each objective and of the pair generation).
-Each model is scored at 1, 2, 4 and 8 NFE on the same noise against the exact
-mixture (`metrics.toy`), and its learned instantaneous field v(z, t) (u(z, t, t)
-for MeanFlow) is measured for straightness (`metrics.straightness`), with the
-gap between one step and the model's own ODE endpoint. Writes OUT/table.md,
-OUT/results.json and OUT/reflow.png.
+Each model is scored at 1, 2, 4 and 8 NFE on the same noise (and labels): against
+the exact mixture (`metrics.toy`), or for images with the project's classifier
+against the real data (`evaluate.evaluate_images`). Its learned instantaneous
+field v(z, t) (u(z, t, t) for MeanFlow) is measured for straightness
+(`metrics.straightness`), with the gap between one step and the model's own ODE
+endpoint. Class-conditional runs: the pairs come from the guided first flow, so
+the reflow trains without guidance (kappa = 0), on the pairs' labels. Writes
+OUT/table.md, OUT/results.json, OUT/reflow.png (samples) and OUT/reflow_nfe.png.
 """
 import json
 import os
@@ -26,9 +31,9 @@ from meanflow_jax import cli, evaluate, plotting, reflow, training
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.metrics import straightness, toy
-from meanflow_jax.training import inference
+from meanflow_jax.training import inference, loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "Base config (a mixture).",
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "Base config.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reflow", "Directory of the runs and the pairs.")
 _OUT = flags.DEFINE_string("out", "results/reflow", "Directory of the table and figure.")
@@ -43,8 +48,11 @@ _NUM_PATHS = flags.DEFINE_integer("num_paths", 2000, "Trajectories per straightn
 _PATH_STEPS = flags.DEFINE_integer("path_steps", 64, "RK4 steps per trajectory.")
 _FM_LOSS_P = flags.DEFINE_float("fm_loss_p", 0.0, "Adaptive-weight power of flow matching.")
 
-COLUMNS = ["model", "train_steps", "gflop", "nfe", "transport_rms", "low_density_frac",
-           "mode_tv", "sliced_w2", "straightness", "curvature", "one_step_gap"]
+TOY_COLUMNS = ["model", "train_steps", "gflop", "nfe", "transport_rms", "low_density_frac",
+               "mode_tv", "sliced_w2", "straightness", "curvature", "path_length_ratio",
+               "one_step_gap"]
+IMAGE_COLUMNS = ["model", "train_steps", "gflop", "nfe", "clf_fd", "agreement", "straightness",
+                 "curvature", "path_length_ratio", "one_step_gap"]
 
 
 def configs(base, workdir, fm_steps, reflow_steps):
@@ -56,13 +64,21 @@ def configs(base, workdir, fm_steps, reflow_steps):
   with rf.unlocked():
     rf.data.source, rf.data.path = "pairs", os.path.join(workdir, "pairs.npz")
     rf.train.init_from, rf.train.steps = os.path.join(workdir, "flow_matching"), reflow_steps
+    rf.guidance.omega, rf.guidance.kappa = 1.0, 0.0  # the pairs are guided already
   return fm, rf
 
 
-def model_fields(workdir):
-  """(v_fn(z, t), u_fn(z, r, t)) of a run; flow matching's u is one Euler step."""
+def labels_for(run, num):
+  """Class i mod K of sample i for conditional runs, as in `evaluate_images`."""
+  return (jnp.arange(num) % run.num_classes).astype(jnp.int32) if run.num_classes else None
+
+
+def model_fields(workdir, num):
+  """(v_fn(z, t), u_fn(z, r, t)) of a run for `num` samples; flow matching's u is one
+  Euler step."""
   run = inference.load_run(workdir)
-  apply = lambda z, r, t: run.model.apply(run.params, z, r, t, None)
+  y = labels_for(run, num)
+  apply = lambda z, r, t: run.model.apply(run.params, z, r, t, y)
   v_fn = lambda z, t: apply(z, t, t)
   u_fn = apply if run.config.objective == "meanflow" else straightness.euler_u(v_fn)
   return v_fn, u_fn
@@ -70,7 +86,7 @@ def model_fields(workdir):
 
 def path_report(workdir, eps, num_steps):
   """Straightness of the run's v and the one-step gap to its own ODE endpoint."""
-  v_fn, u_fn = model_fields(workdir)
+  v_fn, u_fn = model_fields(workdir, eps.shape[0])
 
   def report(e):
     out = straightness.trajectory_report(v_fn, e, num_steps)
@@ -97,32 +113,52 @@ def exact_row(mixture, eps, num_steps):
   return {k: float(v) for k, v in out.items()}
 
 
-def write_outputs(rows, panels, mixture, out):
+def score_images(workdir, data, nfes):
+  """`evaluate.evaluate_images` rows of a run against `data`, and the real-data floor."""
+  ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value, method="euler", data=data,
+                                progress=True)
+  k = inference.load_run(workdir).num_classes
+  rows = []
+  for r in ev.rows:
+    x = ev.samples[r["nfe"]]
+    rows.append(dict(r, x=evaluate.class_rows(x, ev.labels, k, 10) if k else x[:100]))
+  return rows, ev.floor
+
+
+def write_outputs(rows, panels, mixture, out, floor=None):
   os.makedirs(out, exist_ok=True)
   clean = [{k: v for k, v in r.items() if k != "x"} for r in rows]
   with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(clean, f, indent=2)
-  table = evaluate.markdown_table(clean, COLUMNS)
+    json.dump({"rows": clean, "real_data_floor": floor}, f, indent=2)
+  table = evaluate.markdown_table(clean, TOY_COLUMNS if mixture else IMAGE_COLUMNS)
+  if floor:
+    table += f"\n\nReal data against itself (two halves): clf_fd {floor['clf_fd']:.3f}."
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(table + "\n")
   print(table)
   curves = [dict(r, method=r["model"]) for r in clean if r["nfe"] != ""]
-  plotting.metrics_vs_nfe(curves, ["transport_rms", "low_density_frac", "sliced_w2"],
-                          os.path.join(out, "reflow_nfe.png"))
-  plotting.scatter(panels, os.path.join(out, "reflow.png"), log_prob=mixture.log_prob, ncols=4)
+  metrics = ["transport_rms", "low_density_frac", "sliced_w2"] if mixture else ["clf_fd"]
+  plotting.metrics_vs_nfe(curves, metrics, os.path.join(out, "reflow_nfe.png"),
+                          log_metrics=() if mixture else ("clf_fd",))
+  if mixture:
+    plotting.scatter(panels, os.path.join(out, "reflow.png"), log_prob=mixture.log_prob,
+                     ncols=4)
+  else:
+    plotting.image_grids(panels, os.path.join(out, "reflow.png"), ncols=10, panels_per_row=3)
 
 
 def main(argv):
   del argv
   base, root = _CONFIG.value, _WORKDIR.value
-  if base.data.source != "mixture":
-    raise ConfigError("the reflow study scores against an exact mixture: use a config with "
-                      "data.source = 'mixture' (e.g. configs/toy.py).")
+  if base.data.source in ("points", "pairs", "latents"):
+    raise ConfigError(f"the reflow study scores against an exact mixture or labelled images; "
+                      f"data.source = {base.data.source!r} is neither.")
+  toy_data = base.data.source == "mixture"
   fm_steps = _FM_STEPS.value or base.train.steps
   reflow_steps = _REFLOW_STEPS.value or fm_steps // 2
   fm_cfg, rf_cfg = configs(base, root, fm_steps, reflow_steps)
-  mixture = points.config_mixture(base.data)
-  shape = (mixture.dim,)
+  mixture = points.config_mixture(base.data) if toy_data else None
+  shape = tuple(loop.make_source(base).shape)
 
   training.train(fm_cfg, os.path.join(root, "flow_matching"))
   pairs_path = rf_cfg.data.path
@@ -146,27 +182,34 @@ def main(argv):
         f"{f_gen / 1e9:.1f}; MeanFlow gets {mf_cfg.train.steps} steps")
 
   key_noise, key_ref, key_paths = jax.random.split(jax.random.key(0), 3)
-  eps = jax.random.normal(key_noise, (_NUM.value, *shape))
-  exact = jax.jit(lambda e: mixture.flow_map(e, 1.0, 0.0, 256))(eps)
-  reference = toy.make_reference(mixture, key_ref, _NUM.value)
   eps_paths = jax.random.normal(key_paths, (_NUM_PATHS.value, *shape))
   nfes = [int(k) for k in _NFES.value]
+  if toy_data:
+    eps = jax.random.normal(key_noise, (_NUM.value, *shape))
+    exact = jax.jit(lambda e: mixture.flow_map(e, 1.0, 0.0, 256))(eps)
+    reference = toy.make_reference(mixture, key_ref, _NUM.value)
   budgets = {"flow matching (1-RF)": (fm_steps, f_fm * fm_steps),
              "reflow (2-RF)": (fm_steps + reflow_steps, total),
              "MeanFlow": (mf_cfg.train.steps, f_mf * mf_cfg.train.steps)}
-  rows = [dict(model="exact flow", train_steps="", gflop="", nfe="",
-               **exact_row(mixture, eps_paths, _PATH_STEPS.value))]
-  panels = [("exact flow map", np.asarray(exact[:4000]))]
+  rows, panels, floor = [], [], None
+  if toy_data:
+    rows.append(dict(model="exact flow", train_steps="", gflop="", nfe="",
+                     **exact_row(mixture, eps_paths, _PATH_STEPS.value)))
+    panels.append(("exact flow map", np.asarray(exact[:4000])))
   for name, sub in (("flow matching (1-RF)", "flow_matching"), ("reflow (2-RF)", "reflow"),
                     ("MeanFlow", "meanflow")):
     workdir = os.path.join(root, sub)
     paths_ = path_report(workdir, eps_paths, _PATH_STEPS.value)
     steps, flop = budgets[name]
-    for r in score(workdir, mixture, eps, exact, reference, nfes):
+    if toy_data:
+      scored = score(workdir, mixture, eps, exact, reference, nfes)
+    else:
+      scored, floor = score_images(workdir, base.data, nfes)
+    for r in scored:
       rows.append(dict(r, model=name, train_steps=steps, gflop=flop / 1e9, **paths_))
       if r["nfe"] in (1, 2):
         panels.append((f"{name}, {r['nfe']} NFE", r["x"][:4000]))
-  write_outputs(rows, panels, mixture, _OUT.value)
+  write_outputs(rows, panels, mixture, _OUT.value, floor)
   print(f"wrote {_OUT.value}/table.md, results.json, reflow.png, reflow_nfe.png")
 
 

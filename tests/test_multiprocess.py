@@ -93,6 +93,27 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
 
 
 @pytest.mark.slow
+def test_minibatch_ot_over_two_processes_equals_one_process(tmp_path):
+  """The exact assignment runs once on the global batch (a host callback), so two
+  processes pair noise and data as one process does."""
+  ot = "--config.prior.coupling=minibatch_ot"
+  one = subprocess.run(_command(tmp_path / "one", 4, ot), env=_env(4), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+  port = _free_port()
+  procs = [subprocess.Popen(_command(tmp_path / "two", 4, ot,
+                                     f"--coordinator_address=127.0.0.1:{port}",
+                                     "--num_processes=2", f"--process_id={i}"),
+                            env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for rc, _, err in _finish(procs):
+    assert rc == 0, err[-3000:]
+  np.testing.assert_allclose([l for _, l in _losses(tmp_path / "two")],
+                             [l for _, l in _losses(tmp_path / "one")], rtol=1e-5)
+  _assert_same_params(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
   """A preemption signal that reaches process 1 alone: both processes save the same
   step and exit; two fresh processes resume and end where a straight run ends."""
