@@ -192,8 +192,10 @@ def class_rows(samples, labels, num_classes, per_class):
 
 
 def markdown_table(rows, columns):
-  """A Markdown table of `rows` (dicts) with the given columns; floats to 4 decimals."""
-  fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+  """A Markdown table of `rows` (dicts) with the given columns; floats to 4 decimals,
+  or 3 significant digits below 1e-3 (so a small value does not read as 0)."""
+  fmt = lambda v: ((f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}") if isinstance(v, float)
+                   else str(v))
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
   return "\n".join(lines)

@@ -18,3 +18,13 @@ def test_mosaic_places_images_row_by_row(tmp_path):
   png = plotting.image_grids([("a", images), ("b", images)], str(tmp_path / "g.png"), ncols=2,
                              row_labels=[0, 1], panels_per_row=1)
   assert (tmp_path / "g.png").stat().st_size > 500 and png.endswith("g.png")
+
+
+def test_markdown_table_keeps_small_values_visible():
+  from meanflow_jax import evaluate
+  table = evaluate.markdown_table(
+      [{"a": 3.4355e-05, "b": 0.0, "c": 40.73601, "d": "x"}, {"a": 1}], ["a", "b", "c", "d"])
+  lines = table.splitlines()
+  assert lines[0] == "| a | b | c | d |" and lines[1] == "|---|---|---|---|"
+  assert lines[2] == "| 3.44e-05 | 0.0000 | 40.7360 | x |"
+  assert lines[3] == "| 1 |  |  |  |"
