@@ -2,6 +2,8 @@
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -143,6 +145,16 @@ def test_lowfreq_run_writes_its_prior_and_samples_from_it(tmp_path):
   fitted = priors.fit_from_source(c, source)
   np.testing.assert_allclose(run.prior.stats.mean, fitted.mean, atol=1e-6)
   assert run.prior.stats.mean.shape == (11, 16)  # 10 digits + the pooled null class
+  # The sampling script draws its noise from the fitted prior of the asked class.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(tmp_path),
+                         "--nfe", "1", "--num", "20", "--class", "3", "--seed", "4", "--out",
+                         str(tmp_path / "s.npy")], capture_output=True, text=True, cwd=root,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  eps = run.prior.sample(jax.random.key(4), 20, (8, 8, 1), jnp.full((20,), 3))
+  x = inference.make_sampler(run.config, run.model, run.params)(eps, 1, jnp.full((20,), 3))
+  np.testing.assert_allclose(np.load(tmp_path / "s.npy"), x, atol=1e-5)
   # Resuming with another prior is refused: the parameters map from the old one.
   c2 = override(_tiny_digits({"train.steps": 9}), {})
   with pytest.raises(CheckpointMismatchError, match="prior.name: checkpoint has 'lowfreq'"):
