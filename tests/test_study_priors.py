@@ -29,6 +29,8 @@ def test_study_priors_tiny(tmp_path):
   # OT re-pairs the same noise more cheaply; the structured prior sits next to its image.
   assert (dist["lowfreq", "independent"] < dist["gaussian", "minibatch_ot"]
           < dist["gaussian", "independent"])
-  assert all(np.isfinite(r["clf_fd"]) and r["path_length_ratio"] >= 1.0 for r in rows)
+  # The polygon through the states is never shorter than its chord (up to float rounding).
+  assert all(np.isfinite(r["clf_fd"]) and r["path_length_ratio"] >= 1.0 - 1e-5 for r in rows), [
+      r["path_length_ratio"] for r in rows]
   for name in ("table.md", "priors.png", "curvature.png", "samples.png"):
     assert os.path.getsize(tmp_path / "out" / name) > 1000
