@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax.training import inference
+from meanflow_jax.training import inference, loop
+from meanflow_jax.training import train_state as ts
 
 
 def make_pairs(workdir, num, nfe, *, method="heun", seed=0, batch=1000, progress=True):
@@ -52,9 +53,6 @@ def _flops(compiled):
 def train_step_flops(config, data_shape):
   """XLA's FLOP count of one training step of `config` on one device (compiled against
   abstract shapes, nothing run)."""
-  import functools  # pylint: disable=g-import-not-at-top
-  from meanflow_jax.training import loop, train_state as ts
-  from meanflow_jax.training.train_step import train_step
   model = ts.build_model(config)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   state = loop.abstract_state(config, model, tx, data_shape)
@@ -63,10 +61,7 @@ def train_step_flops(config, data_shape):
            jax.ShapeDtypeStruct((b,), jnp.int32))
   if config.data.source == "pairs":
     batch = batch + batch[:1]
-  step = functools.partial(
-      train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
-      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
+  step = loop.step_function(config, model, tx)
   return _flops(jax.jit(step).lower(state, batch, jax.random.key(0)).compile())
 
 

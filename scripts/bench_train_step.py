@@ -29,8 +29,9 @@ from configs import default, digits, toy
 from meanflow_jax import cli, models
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.evaluate import markdown_table
+from meanflow_jax.training import loop
 from meanflow_jax.training import train_state as ts
-from meanflow_jax.training.train_step import guidance_active, train_step
+from meanflow_jax.training.train_step import guidance_active
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "dit", "dit_noguide", "unet"],
                             "Subset of: mlp, dit, dit_noguide, unet.")
@@ -71,10 +72,7 @@ CASES = {  # name: (table label, config and one example's shape)
 
 def _compile(config, model, tx, objective, state, batch, key):
   """(executable, XLA's FLOPs) of the step, compiled as `training.loop` does."""
-  step = functools.partial(
-      train_step, apply_fn=model.apply, tx=tx, objective=objective, time_cfg=config.time,
-      loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
+  step = functools.partial(loop.step_function(config, model, tx), objective=objective)
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch, key).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

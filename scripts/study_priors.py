@@ -26,7 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from meanflow_jax import cli, evaluate, plotting, training
+from meanflow_jax import cli, evaluate, plotting, priors, training
 from meanflow_jax.metrics import straightness
 from meanflow_jax.training import inference, loop
 
@@ -61,8 +61,7 @@ def pair_sq_dist(config, batches=8):
   """E||eps - x||^2 over the coupled pairs of the first training batches (the paths'
   squared length: the independent coupling's is E||x||^2 + D)."""
   source = loop.make_source(config)
-  prior = loop.make_prior(config, source)
-  couple = jax.jit(prior.couple)
+  couple = jax.jit(priors.from_config(config).couple)  # pairing needs no fitted statistics
   total = []
   for step in range(batches):
     x = jnp.asarray(source.batch(step)[0])
@@ -98,9 +97,7 @@ def write_outputs(rows, grids, out, floor):
 
 
 def _curvature_bars(rows, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plotting.plt  # the Agg backend, set by meanflow_jax.plotting
   runs = {(r["prior"], r["coupling"], r["objective"]): r for r in rows}
   names = [f"{p}\n{c}\n{o}" for p, c, o in runs]
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))

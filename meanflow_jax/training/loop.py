@@ -136,6 +136,14 @@ def _check_finite(logs, first_step, ckpt):
 PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
 
 
+def step_function(config, model, tx, prior=None):
+  """The pure `train_step` of `config`: `(state, batch, key) -> (state, metrics)`."""
+  return functools.partial(
+      train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
+      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
+      guidance_cfg=config.guidance, num_classes=config.model.num_classes, prior=prior)
+
+
 def make_prior(config, source):
   """The run's `priors.Prior`; the low-frequency prior is fitted on the training stream.
 
@@ -296,11 +304,7 @@ def train(config, workdir):
     _truncate_metrics(metrics_path, start)
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=main)
 
-  step_fn = functools.partial(
-      train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
-      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes,
-      prior=prior)
+  step_fn = step_function(config, model, tx, prior)
   # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
   replicated = sharding.replicated(mesh)
   compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
