@@ -206,7 +206,9 @@ def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path
   r = inference.load_run(str(digits_run))
   eps = paths.sample_noise(jax.random.key(0), 12, r.data_shape)
   x = inference.make_sampler(r.config, r.model, r.params)(eps, 1, np.arange(12) % 10)
-  features = inception.make_feature_fn(params, batch_size=12)(np.asarray(x))
+  # Batches of 5, as evaluate.py's --batch 5 below: one Inception program for both, which
+  # the session's compilation cache then compiles once.
+  features = inception.make_feature_fn(params, batch_size=5)(np.asarray(x))
   inception.save_stats(str(tmp_path / "ref.npz"), *inception.reference_stats(features))
   env = dict(os.environ, MEANFLOW_JAX_CACHE=str(tmp_path / "cache"))
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
@@ -221,7 +223,7 @@ def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path
   # At 2 NFE: the Frechet distance of those samples' features to the reference.
   from meanflow_jax.metrics import frechet
   x2 = inference.make_sampler(r.config, r.model, r.params)(eps, 2, np.arange(12) % 10)
-  f2 = inception.make_feature_fn(params, batch_size=12)(np.asarray(x2))
+  f2 = inception.make_feature_fn(params, batch_size=5)(np.asarray(x2))
   want = frechet.frechet_distance(*inception.reference_stats(f2),
                                   *inception.load_stats(str(tmp_path / "ref.npz")))
   assert rows[1]["fid"] == pytest.approx(want, rel=1e-3, abs=1e-4)
