@@ -38,8 +38,7 @@ def test_kill_9_during_async_save_leaves_previous_checkpoint(tmp_path):
   proc = _train(workdir)
   # Wait until one checkpoint is committed and the next is being written, then kill.
   caught = None
-  deadline = time.time() + 240
-  while proc.poll() is None and time.time() < deadline:
+  while proc.poll() is None:  # no time limit: a busy machine only makes this wait longer
     if ckpts.exists():
       names = os.listdir(ckpts)
       writing = [n for n in names if ".orbax-checkpoint-tmp" in n]
@@ -48,7 +47,7 @@ def test_kill_9_during_async_save_leaves_previous_checkpoint(tmp_path):
         caught = writing
         break
     time.sleep(0.002)
-  proc.communicate(timeout=60)
+  proc.communicate(timeout=3600)
   assert caught, "no save was caught in progress (the run ended or timed out first)"
   assert proc.returncode == -signal.SIGKILL
 
@@ -63,10 +62,10 @@ def test_kill_9_during_async_save_leaves_previous_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(run.params))
 
   resumed = _train(workdir)
-  _, err = resumed.communicate(timeout=300)
+  _, err = resumed.communicate(timeout=3600)
   assert resumed.returncode == 0, err[-3000:]
   straight = _train(tmp_path / "straight")
-  _, err = straight.communicate(timeout=300)
+  _, err = straight.communicate(timeout=3600)
   assert straight.returncode == 0, err[-3000:]
   a = training.load_run(str(workdir), params="raw").params
   b = training.load_run(str(tmp_path / "straight"), params="raw").params

@@ -47,7 +47,7 @@ def _start_two(workdir, steps):
                            stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-def _finish(procs, timeout=300):
+def _finish(procs, timeout=3600):
   outs = []
   for p in procs:
     try:
@@ -74,7 +74,7 @@ def _assert_same_params(a, b):
 
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):
   one = subprocess.run(_command(tmp_path / "one", 6), env=_env(4), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=3600)
   assert one.returncode == 0, one.stderr[-3000:]
   results = _finish(_start_two(tmp_path / "two", 6))
   for rc, _, err in results:
@@ -98,7 +98,7 @@ def test_minibatch_ot_over_two_processes_equals_one_process(tmp_path):
   processes pair noise and data as one process does."""
   ot = "--config.prior.coupling=minibatch_ot"
   one = subprocess.run(_command(tmp_path / "one", 4, ot), env=_env(4), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=3600)
   assert one.returncode == 0, one.stderr[-3000:]
   port = _free_port()
   procs = [subprocess.Popen(_command(tmp_path / "two", 4, ot,
@@ -118,12 +118,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes(tmp_path):
   """A preemption signal that reaches process 1 alone: both processes save the same
   step and exit; two fresh processes resume and end where a straight run ends."""
   straight = subprocess.run(_command(tmp_path / "straight", 40), env=_env(4), cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=3600)
   assert straight.returncode == 0, straight.stderr[-3000:]
   procs = _start_two(tmp_path / "two", 40)
   first = tmp_path / "two" / "checkpoints" / "3"
-  deadline = time.time() + 240
-  while not first.exists() and time.time() < deadline:
+  # No time limit: a busy machine only makes this wait longer.
+  while not first.exists() and all(p.poll() is None for p in procs):
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
   results = _finish(procs)

@@ -150,7 +150,7 @@ def test_lowfreq_run_writes_its_prior_and_samples_from_it(tmp_path):
   proc = subprocess.run([sys.executable, "scripts/sample.py", "--workdir", str(tmp_path),
                          "--nfe", "1", "--num", "20", "--class", "3", "--seed", "4", "--out",
                          str(tmp_path / "s.npy")], capture_output=True, text=True, cwd=root,
-                        timeout=300)
+                        timeout=3600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   eps = run.prior.sample(jax.random.key(4), 20, (8, 8, 1), jnp.full((20,), 3))
   x = inference.make_sampler(run.config, run.model, run.params)(eps, 1, jnp.full((20,), 3))

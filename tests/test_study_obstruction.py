@@ -20,7 +20,7 @@ def study(tmp_path, *args):
        "--separations", ",".join(f"{s:g}" for s in SEPARATIONS), "--num", str(NUM),
        "--std", str(STD), "--gap_stds", str(GAP_STDS), "--flow_steps", "128",
        "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), *args],
-      capture_output=True, text=True, cwd=ROOT, timeout=300)
+      capture_output=True, text=True, cwd=ROOT, timeout=3600)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def test_study_priors_tiny(tmp_path):
        "--config.model.dit.hidden_size=32", "--config.model.dit.depth=1",
        "--config.model.dit.num_heads=2", "--num", "200", "--num_paths", "32",
        "--path_steps", "4", "--fm_nfe", "1,2"],
-      capture_output=True, text=True, timeout=900, cwd=ROOT)
+      capture_output=True, text=True, timeout=3600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.load(open(tmp_path / "out" / "results.json"))
   rows = out["rows"]
