@@ -24,6 +24,15 @@ def get_config():
   c.data.mixture_dim = 2     # two_modes: dimension of the points
   c.data.mixture_separation = 4.0  # two_modes: distance between the two means (on axis 0)
   c.data.mixture_std = 0.25  # two_modes: std of each mode
+  c.data.standardize = True  # "mixture", "points": train on (x - mean) / std per dimension
+                             # (the data's own, or a mixture's exact moments, stored in the
+                             # checkpoint's meta) and map samples back. Per dimension, not
+                             # one scale: the noise has unit variance in every direction, and
+                             # an offset or a thin direction otherwise needs a map that
+                             # shrinks some directions and stretches others (BENCHMARKS.md
+                             # section 13). Not "pairs" (its eps is paired with x in data
+                             # space, so x alone cannot move) nor images ([-1, 1]) or latents
+                             # (x latent_scale). Runs saved before this key: False.
   c.data.flip = False        # images: random horizontal flips (deterministic per seed and step)
   c.data.latent_scale = 0.18215  # latents are multiplied by this (SD-VAE's factor)
 

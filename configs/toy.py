@@ -18,7 +18,9 @@ Why these values (measured with scripts/evaluate.py against the exact flow map):
 from configs import default
 
 
-def get_config():
+def get_config(variant=""):
+  """`variant` "v1": the values before standardisation and the mixture-family tuning
+  (BENCHMARKS.md sections 1-12 ran with them): `--config configs/toy.py:v1`."""
   c = default.get_config()
   c.model.mlp.width = 256
   c.model.mlp.depth = 4
@@ -37,4 +39,8 @@ def get_config():
   c.train.log_every = 100
   c.train.checkpoint_every = 2_000
   c.train.sample_every = 2_000
+  if variant == "v1":
+    c.data.standardize = False
+  elif variant:
+    raise ValueError(f"configs/toy.py has the variants '' and 'v1'; got {variant!r}.")
   return c

@@ -10,7 +10,7 @@ noise eps ~ N(0, I) and z_t = (1 - t) x + t eps, write S(a) = sqrt((1-a)^2 s^2 +
 For a mixture the marginal velocity is the posterior-weighted sum of the
 components' velocities (exact), and the flow map integrates it with RK4.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,46 +66,91 @@ class Gaussian(NamedTuple):
 
 
 class GaussianMixture(NamedTuple):
-  """Mixture sum_k w_k N(means_k, stds_k^2 I)."""
+  """Mixture sum_k w_k N(means_k, Sigma_k), Sigma_k = A_k diag(s_k^2) A_k^T.
+
+  Each component is a product of 1-D Gaussians along its own orthonormal axes
+  (the columns of A_k), so along axis d it moves as the 1-D case of the module
+  docstring with std s_kd: with y = A_k^T (z - (1-t) m_k) and
+  S_kd(t)^2 = (1-t)^2 s_kd^2 + t^2,
+
+      v_k(z, t) = -m_k + A_k [(t - (1-t) s_kd^2) / S_kd(t)^2 * y_d]_d
+
+  `stds` `[K]` gives isotropic components, `[K, D]` anisotropic ones; `axes` None
+  means A_k = I (axis-aligned), else `[K, D, D]` orthogonal matrices.
+  """
   means: jax.Array    # [K, D]
-  stds: jax.Array     # [K]
+  stds: jax.Array     # [K] or [K, D]
   weights: jax.Array  # [K], sums to 1
+  axes: Optional[jax.Array] = None  # [K, D, D], column d of axes[k] carries stds[k, d]
 
   @property
   def dim(self):
     return self.means.shape[-1]
 
+  def component_stds(self):
+    """s_kd, the std of component k along its axis d, `[K, D]`."""
+    k, d = self.means.shape
+    return jnp.broadcast_to(jnp.reshape(self.stds, (k, -1)), (k, d))
+
   def scale(self):
     """sqrt(E||x - E x||^2), the data's scale (RMS distance from its mean)."""
     center = self.weights @ self.means
-    spread = jnp.sum((self.means - center) ** 2, -1) + self.dim * self.stds ** 2
+    spread = jnp.sum((self.means - center) ** 2, -1) + jnp.sum(self.component_stds() ** 2, -1)
     return jnp.sqrt(self.weights @ spread)
 
-  def _component_logits(self, z, t):
-    """log w_k + log N(z; (1-t) m_k, S_k(t)^2 I) -> `[B, K]`, and S_k(t)^2 `[B|1, K]`."""
-    t = _time_like(t, z)  # [B, 1] or scalar
-    S2 = (1 - t) ** 2 * self.stds ** 2 + t ** 2  # [B|1, K]
-    diff = z[:, None, :] - (1 - t)[..., None] * self.means if jnp.ndim(t) else (
-        z[:, None, :] - (1 - t) * self.means)
-    sq = jnp.sum(diff ** 2, -1)
-    logits = (jnp.log(self.weights) - 0.5 * sq / S2
-              - 0.5 * self.dim * jnp.log(2 * jnp.pi * S2))
-    return logits, S2, diff
+  def moments(self):
+    """(E x `[D]`, Var x_d `[D]`): the exact per-dimension mean and variance.
+
+    Var x_d = sum_k w_k (Sigma_k,dd + (m_kd - E x_d)^2), Sigma_k,dd = sum_e A_k,de^2 s_ke^2.
+    """
+    mean = self.weights @ self.means
+    s2 = self.component_stds() ** 2
+    diag = s2 if self.axes is None else jnp.einsum("kde,ke->kd", self.axes ** 2, s2)
+    return mean, self.weights @ (diag + (self.means - mean) ** 2)
+
+  def standardized(self, mean, std):
+    """The mixture of (x - mean) / std, exactly; `mean` `[D]`, `std` scalar or `[D]` > 0.
+
+    Component k becomes N((m_k - mean) / std, B_k B_k^T) with B_k = diag(1/std) A_k
+    diag(s_k); its new axes and stds are the singular vectors and values of B_k.
+    """
+    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    means = (self.means - mean) / std
+    if std.ndim == 0:
+      return self._replace(means=means, stds=self.stds / std)
+    if self.axes is None:
+      return self._replace(means=means, stds=self.component_stds() / std)
+    b = self.axes * self.component_stds()[:, None, :] / std[:, None]  # [K, D, D]
+    u, s, _ = jnp.linalg.svd(b)
+    return self._replace(means=means, stds=s, axes=u)
+
+  def _frames(self, z, t):
+    """Each component in its own axes: y = A_k^T (z - (1-t) m_k) `[B, K, D]`, the
+    variances S_kd(t)^2 `[B|1, K, D]` and t shaped `[B|1, 1, 1]`."""
+    t = jnp.asarray(t, z.dtype)
+    t = t.reshape(-1, 1, 1)
+    S2 = (1 - t) ** 2 * self.component_stds() ** 2 + t ** 2
+    diff = z[:, None, :] - (1 - t) * self.means
+    y = diff if self.axes is None else jnp.einsum("bkd,kde->bke", diff, self.axes)
+    return y, S2, t
+
+  def _component_logits(self, y, S2):
+    """log w_k + log N(z; (1-t) m_k, S_k(t)) -> `[B, K]`, from `_frames`."""
+    return (jnp.log(self.weights) - 0.5 * jnp.sum(y ** 2 / S2, -1)
+            - 0.5 * jnp.sum(jnp.log(2 * jnp.pi * S2), -1))
 
   def posterior(self, z, t):
     """p(component k | z_t = z), `[B, K]`."""
-    logits, _, _ = self._component_logits(z, t)
-    return jax.nn.softmax(logits, axis=-1)
+    y, S2, _ = self._frames(z, t)
+    return jax.nn.softmax(self._component_logits(y, S2), axis=-1)
 
   def velocity(self, z, t):
     """Exact marginal v(z, t) = sum_k p(k | z) v_k(z, t); z `[B, D]`, t scalar or `[B]`."""
-    logits, S2, diff = self._component_logits(z, t)
-    w = jax.nn.softmax(logits, axis=-1)
-    tt = _time_like(t, z)
-    tt = tt[..., None] if jnp.ndim(tt) else tt
-    coef = (tt - (1 - tt) * self.stds[:, None] ** 2) / S2[..., None]  # [B|1, K, 1]
-    v_k = -self.means + coef * diff  # [B, K, D]
-    return jnp.einsum("bk,bkd->bd", w, v_k)
+    y, S2, tt = self._frames(z, t)
+    w = jax.nn.softmax(self._component_logits(y, S2), axis=-1)
+    vy = (tt - (1 - tt) * self.component_stds() ** 2) / S2 * y  # [B, K, D], in each frame
+    back = vy if self.axes is None else jnp.einsum("kde,bke->bkd", self.axes, vy)
+    return jnp.einsum("bk,bkd->bd", w, back - self.means)
 
   def flow_map(self, z, t, r, num_steps=256):
     """Phi_{t -> r}(z) by RK4 on the exact velocity with `num_steps` uniform steps."""
@@ -137,13 +182,14 @@ class GaussianMixture(NamedTuple):
     """(x `[n, D]`, component index `[n]`)."""
     key_k, key_x = jax.random.split(key)
     k = jax.random.choice(key_k, self.weights.shape[0], (n,), p=self.weights)
-    x = self.means[k] + self.stds[k, None] * jax.random.normal(key_x, (n, self.dim))
+    y = self.component_stds()[k] * jax.random.normal(key_x, (n, self.dim))
+    x = self.means[k] + (y if self.axes is None else jnp.einsum("nde,ne->nd", self.axes[k], y))
     return x, k
 
   def log_prob(self, x):
     """log density of the data at x `[B, D]` -> `[B]`."""
-    logits, _, _ = self._component_logits(x, 0.0)
-    return jax.scipy.special.logsumexp(logits, axis=-1)
+    y, S2, _ = self._frames(x, 0.0)
+    return jax.scipy.special.logsumexp(self._component_logits(y, S2), axis=-1)
 
 
 def ring_mixture(num_modes=8, radius=2.0, std=0.2):

@@ -24,34 +24,64 @@ from meanflow_jax.training import inference
 
 class ToyEvaluation(NamedTuple):
   rows: list       # one dict of metrics per NFE
-  samples: dict    # nfe -> samples [num, D]
-  exact: object    # exact flow-map images of the same noise [num, D]
-  mixture: object  # the analytic.GaussianMixture the run trained on
+  samples: dict    # nfe -> samples [num, D], in data space
+  exact: object    # exact flow-map images of the same noise [num, D], in data space
+  mixture: object  # the analytic.GaussianMixture of the data (in data space)
+
+
+def exact_images(mixture, eps, data_stats=None, flow_steps=256, batch=10_000):
+  """The exact probability-flow map's images Phi_{1 -> 0}(eps) `[N, D]`, in data space, of
+  the flow a run learns: for a run that standardised its data, the flow of the
+  standardised mixture (noise N(0, I) in that space), mapped back.
+
+  Args:
+    mixture: the data's `analytic.GaussianMixture`.
+    eps: noise `[N, D]`.
+    data_stats: the run's `points.Standardization`, or None.
+  """
+  target = mixture if data_stats is None else mixture.standardized(data_stats.mean,
+                                                                   data_stats.std)
+  flow = jax.jit(lambda e: target.flow_map(e, 1.0, 0.0, flow_steps))
+  x = jnp.concatenate([flow(eps[i:i + batch]) for i in range(0, eps.shape[0], batch)])
+  return x if data_stats is None else data_stats.invert(x)
 
 
 def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
-                 flow_steps=256, batch=10_000, ema=None, progress=False):
-  """Exact metrics of a run trained on a built-in mixture, at each NFE in `nfes`.
+                 flow_steps=256, batch=10_000, ema=None, progress=False, mixture=None):
+  """Exact metrics of a run trained on a known mixture, at each NFE in `nfes`.
 
   Every NFE uses the same noise; the reference is the exact probability-flow map
-  of that noise (RK4 with `flow_steps` steps on the exact mixture velocity).
-  Rows also hold `sample_s` (seconds to draw the `num` samples) and `samples_per_s`.
+  of that noise (RK4 with `flow_steps` steps on the exact mixture velocity) of the
+  flow the run learns (`exact_images`). Samples, reference and metrics are in data
+  space. Rows also hold `sample_s` (seconds to draw the `num` samples) and
+  `samples_per_s`.
+
+  Args:
+    mixture: the `analytic.GaussianMixture` the data were drawn from: needed for a run on
+      points (data.source = "points", e.g. samples of `points.random_mixture` saved to a
+      .npy); None takes a built-in mixture run's own.
 
   Returns:
     a `ToyEvaluation`.
   """
   run = inference.load_run(workdir, params=params, ema=ema)
   config, model, p = run.config, run.model, run.params
-  if config.data.source != "mixture":
-    raise ConfigError(f"{workdir} trained on data.source = {config.data.source!r}; exact "
-                      "metrics need a built-in mixture (data.source = 'mixture').")
-  mixture = points.config_mixture(config.data)
+  source = config.data.source
+  if mixture is None and source != "mixture":
+    raise ConfigError(f"{workdir} trained on data.source = {source!r}; exact metrics need a "
+                      "built-in mixture (data.source = 'mixture'), or for points the mixture "
+                      "they were drawn from (mixture=...).")
+  if mixture is not None and source not in ("mixture", "points"):
+    raise ConfigError(f"{workdir} trained on data.source = {source!r}, not on vectors.")
+  mixture = points.config_mixture(config.data) if mixture is None else mixture
+  if tuple(run.data_shape) != (mixture.dim,):
+    raise ConfigError(f"{workdir} trained on data of shape {tuple(run.data_shape)}; the "
+                      f"mixture has dimension {mixture.dim}.")
   key_noise, key_reference = jax.random.split(jax.random.key(seed))
   reference = toy.make_reference(mixture, key_reference, num)
   eps = run.prior.sample(key_noise, num, (mixture.dim,))
-  flow = jax.jit(lambda e: mixture.flow_map(e, 1.0, 0.0, flow_steps))
-  exact = jnp.concatenate([flow(eps[i:i + batch]) for i in range(0, num, batch)])
-  sampler = inference.make_sampler(config, model, p, method=method)
+  exact = exact_images(mixture, eps, run.data_stats, flow_steps, batch)
+  sampler = inference.make_sampler(config, model, p, method=method, data_stats=run.data_stats)
   rows, samples = [], {}
   for k in nfes:
     name = sampler_name(config.objective, method or config.sample.method)

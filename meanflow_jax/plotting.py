@@ -18,24 +18,27 @@ def scatter(panels, path, log_prob=None, lim=None, ncols=None):
   """Writes a PNG with one scatter panel per entry of `panels`.
 
   Args:
-    panels: list of (title, points `[N, 2]`).
+    panels: list of (title, points `[N, 2]`), or of (title, points, log_prob) for a panel
+      with its own density (several data sets in one figure).
     path: output PNG.
     log_prob: optional data log-density `[N, 2] -> [N]`, drawn as contours.
     lim: half-width of the square plot window (default: from the points).
   """
-  panels = [(title, np.asarray(p)) for title, p in panels]
-  for title, p in panels:
+  panels = [(p[0], np.asarray(p[1]), p[2] if len(p) > 2 else log_prob) for p in panels]
+  for title, p, _ in panels:
     if p.ndim != 2 or p.shape[1] != 2:
       raise ValueError(f"scatter plots 2-D points; {title!r} has shape {p.shape}.")
   if lim is None:
-    lim = 1.1 * max(float(np.quantile(np.abs(p), 0.995)) for _, p in panels)
+    lim = 1.1 * max(float(np.quantile(np.abs(p), 0.995)) for _, p, _ in panels)
   ncols = ncols or len(panels)
   nrows = -(-len(panels) // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
-  grid = _density_grid(log_prob, lim) if log_prob is not None else None
-  for ax, (title, p) in zip(axes.ravel(), panels):
-    if grid is not None:
-      ax.contour(*grid, levels=6, colors="0.75", linewidths=0.6)
+  grids = {}  # one density grid per distinct log_prob
+  for ax, (title, p, lp) in zip(axes.ravel(), panels):
+    if lp is not None:
+      if id(lp) not in grids:
+        grids[id(lp)] = _density_grid(lp, lim)
+      ax.contour(*grids[id(lp)], levels=6, colors="0.75", linewidths=0.6)
     ax.scatter(p[:, 0], p[:, 1], s=1.5, alpha=0.35, color="C0", linewidths=0)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title)
     ax.set_xticks([]), ax.set_yticks([])

@@ -31,7 +31,9 @@ def make_pairs(workdir, num, nfe, *, method="heun", seed=0, batch=1000, progress
   y = (np.arange(num) % run.num_classes).astype(np.int32) if run.num_classes else None
   eps = np.asarray(run.prior.sample(jax.random.key(seed), num, run.data_shape,
                                     None if y is None else jnp.asarray(y)))
-  sampler = inference.make_sampler(run.config, run.model, run.params, method=method)
+  # x in data space: a pairs run trains on the file as it is (no standardisation).
+  sampler = inference.make_sampler(run.config, run.model, run.params, method=method,
+                                   data_stats=run.data_stats)
   starts = range(0, num, batch)
   if progress:
     starts = tqdm(starts, desc=f"pairs ({nfe} NFE)", unit="batch")

@@ -1,5 +1,11 @@
 """Writes (x, eps[, y]) pairs drawn from a trained run: the data of a reflow run.
 
+x is in data space. A pairs run trains on them as they are (no standardisation), so the
+first run of a reflow on vectors is trained with data.standardize=False: the reflow run
+starts from its parameters (train.init_from), which must map to the same space.
+
+  python scripts/train.py --config configs/toy.py --workdir runs/toy_fm \
+      --config.objective=flow_matching --config.loss.p=0 --config.data.standardize=False
   python scripts/make_pairs.py --workdir runs/toy_fm --num 50000 --nfe 64 --out runs/pairs.npz
   python scripts/train.py --config configs/toy.py --workdir runs/toy_reflow \
       --config.objective=flow_matching --config.loss.p=0 \

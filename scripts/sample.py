@@ -109,7 +109,8 @@ def main(argv):
   y = _labels(run, num)
   if not _NOISE.value:
     eps = run.prior.sample(jax.random.key(_SEED.value), num, shape, y)
-  sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value)
+  sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value,
+                                   data_stats=run.data_stats)  # samples in data space
   x = np.asarray(sampler(eps, _NFE.value, y))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.save(_OUT.value, x)

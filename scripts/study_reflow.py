@@ -100,7 +100,8 @@ def path_report(workdir, eps, num_steps):
 def score(workdir, mixture, eps, exact, reference, nfes, method="euler"):
   """`toy.toy_report` rows of a run at each NFE."""
   run = inference.load_run(workdir)
-  sampler = inference.make_sampler(run.config, run.model, run.params, method=method)
+  sampler = inference.make_sampler(run.config, run.model, run.params, method=method,
+                                   data_stats=run.data_stats)
   rows = []
   for k in nfes:
     x = np.asarray(sampler(eps, k))
@@ -149,7 +150,10 @@ def write_outputs(rows, panels, mixture, out, floor=None):
 
 def main(argv):
   del argv
-  base, root = _CONFIG.value, _WORKDIR.value
+  base, root = _CONFIG.value.copy_and_resolve_references(), _WORKDIR.value
+  # One space for all three runs and the exact flow: the reflow run trains on stored
+  # pairs, which are not standardised, and starts from the first flow's parameters.
+  base.data.standardize = False
   if base.data.source in ("points", "pairs", "latents"):
     raise ConfigError(f"the reflow study scores against an exact mixture or labelled images; "
                       f"data.source = {base.data.source!r} is neither.")

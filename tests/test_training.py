@@ -77,9 +77,11 @@ def test_resume_is_exact(tmp_path):
 def test_flow_matching_loss_decreases_on_the_mixture(tmp_path):
   # The MeanFlow loss is not a fixed regression target (u_tgt moves with the network),
   # so its value need not fall; its quality is tested against the exact map instead.
+  # Unstandardised ring8 (variance 2.04 a dimension), on which the 0.8 was measured: the
+  # starting loss E||eps - x||^2 = 2 + 2 Var x falls from 6.1 to 4 with standardised data.
   training.train(tiny_config(**{"objective": "flow_matching", "train.steps": 300,
                                 "train.log_every": 50, "model.mlp.width": 64,
-                                "loss.p": 0.0}), str(tmp_path))
+                                "loss.p": 0.0, "data.standardize": False}), str(tmp_path))
   losses = [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")]
   assert losses[-1] < 0.8 * losses[0]
 

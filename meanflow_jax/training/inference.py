@@ -1,7 +1,7 @@
 """Restoring a trained run for sampling: config, model, parameters, sampler."""
 import functools
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 
 from meanflow_jax import priors, sampling
-from meanflow_jax.errors import ConfigError, RunNotFoundError
+from meanflow_jax.data import points
+from meanflow_jax.errors import CheckpointMismatchError, ConfigError, RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import loop, sharding
 from meanflow_jax.training import train_state as ts
@@ -22,6 +23,8 @@ class Run(NamedTuple):
   data_shape: tuple  # shape of one data sample, e.g. (2,) or (8, 8, 1)
   num_classes: int   # classes of a conditional model; 0 for an unconditional one
   prior: priors.Prior = priors.Prior()  # the source: `prior.sample(key, num, data_shape, y)`
+  # The space the model samples in: data = data_stats.invert(sample); None: data space.
+  data_stats: Optional[points.Standardization] = None
 
 
 def _checkpointer(workdir):
@@ -75,8 +78,15 @@ def load_run(workdir, params=None, step=None, ema=None):
   chosen = state.ema_params[index] if params == "ema" else state.params
   stats = (priors.load_stats(os.path.join(workdir, priors.STATS_FILE))
            if config.prior.name == "lowfreq" else None)
+  data_stats = points.stats_from_json(meta.get("data_stats"))  # absent before standardisation
+  if (data_stats is not None) != bool(config.data.standardize
+                                      and config.data.source in loop.VECTOR_SOURCES):
+    raise CheckpointMismatchError(
+        f"{workdir}: checkpoint {step} has data.standardize = {config.data.standardize} "
+        f"({config.data.source}) but {'' if data_stats else 'no '}standardisation statistics "
+        "in its meta; it is corrupt or written by another version.")
   return Run(config, model, chosen, tuple(data_shape), int(config.model.num_classes),
-             priors.from_config(config, stats))
+             priors.from_config(config, stats), data_stats)
 
 
 def draw(objective, model, method, params, eps, nfe, y):
@@ -90,8 +100,13 @@ def draw(objective, model, method, params, eps, nfe, y):
   return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
 
 
-def make_sampler(config, model, params, method=None, devices=None):
+def make_sampler(config, model, params, method=None, devices=None, data_stats=None):
   """`sample(eps [B, ...], nfe, y=None) -> [B, ...]` for the run's objective, jitted per nfe.
+
+  With `data_stats` (a run's `Run.data_stats`) the samples are mapped back to data
+  space, `data_stats.invert(x)`; without, they are the network's own outputs (the
+  data space of runs that did not standardise). Pass `run.data_stats` wherever samples
+  leave the library.
 
   MeanFlow: `nfe` uniform jumps. Flow matching: Euler with `nfe` steps, or Heun
   with `nfe // 2` steps (nfe must then be even). The parameters are an argument
@@ -140,7 +155,7 @@ def make_sampler(config, model, params, method=None, devices=None):
       raise ConfigError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
     b = eps.shape[0]
     eps = jnp.asarray(eps)
-    out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b))
-    return out[:b]
+    out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b))[:b]
+    return out if data_stats is None else data_stats.invert(out)
 
   return sample

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from meanflow_jax import plotting, priors
-from meanflow_jax.data import PointSource, images, pairs
+from meanflow_jax.data import PointSource, images, pairs, points
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
@@ -32,12 +32,15 @@ VECTOR_SOURCES = ("mixture", "points")
 
 
 class _Points:
-  """A `PointSource` seen as a source of (x, y) batches with unused labels."""
+  """A `PointSource` seen as a source of (x, y) batches with unused labels; `stats` is the
+  source's `points.Standardization` (None: the run trains on the data as they are)."""
   num_classes = 0
 
   def __init__(self, source):
     self.source = source
     self.shape = (source.dim,)
+    self.stats = source.stats
+
 
   def batch(self, step, shard=(0, 1)):
     """Rows `i*B/n : (i+1)*B/n` of the batch of `step` for `shard=(i, n)`
@@ -67,7 +70,8 @@ def make_source(config):
                                  mixture_name=d.mixture,
                                  mixture_params=dict(dim=d.mixture_dim,
                                                      separation=d.mixture_separation,
-                                                     std=d.mixture_std)))
+                                                     std=d.mixture_std),
+                                 standardize=d.standardize))
   else:
     source = images.make_image_source(d.source, path=d.path, batch_size=config.train.batch_size,
                                       seed=config.seed, flip=d.flip, latent_scale=d.latent_scale)
@@ -169,8 +173,15 @@ def _preview_inputs(config, source, prior):
   return prior.sample(key, m, source.shape, y), y
 
 
+def data_stats(source):
+  """The `points.Standardization` a run's data are trained in, or None (data as they are:
+  images, pairs, vectors with data.standardize = False)."""
+  return source.stats if isinstance(source, _Points) else None
+
+
 def _make_preview(config, model, source, mesh, prior):
-  """`preview(params) -> samples [M, ...]` (numpy, on every process) at train.sample_nfe."""
+  """`preview(params) -> samples [M, ...]` (numpy, on every process, in data space) at
+  train.sample_nfe."""
   nfe = config.train.sample_nfe or (1 if config.objective == "meanflow" else 16)
   eps, y = _preview_inputs(config, source, prior)
   method = config.sample.method
@@ -179,7 +190,9 @@ def _make_preview(config, model, source, mesh, prior):
   jitted = jax.jit(lambda params: inference.draw(config.objective, model, method, params, eps,
                                                  evaluations, y),
                    out_shardings=sharding.replicated(mesh))
-  return lambda params: np.asarray(jitted(params)), nfe
+  stats = data_stats(source)
+  to_data = (lambda x: x) if stats is None else stats.invert
+  return lambda params: to_data(np.asarray(jitted(params))), nfe
 
 
 def _write_preview(samples, config, source, step, nfe, workdir, writer):
@@ -217,12 +230,39 @@ def _init_from(config, state, state_sh, meta):
     raise CheckpointMismatchError(f"train.init_from = {src} holds another model:\n  "
                                   + "\n  ".join(diffs))
   run = inference.load_run(src)
+  # Parameters map noise to the space their run trained in: starting from another space
+  # (a standardised run into an unstandardised pairs run, say) would start far off.
+  if not points.same_stats(points.stats_to_json(run.data_stats), meta["data_stats"]):
+    raise CheckpointMismatchError(
+        f"train.init_from = {src} trained on data standardised as "
+        f"{points.stats_to_json(run.data_stats)}, this run on {meta['data_stats']} (None: "
+        "not standardised); train the first run with the same data.standardize (False for "
+        "a reflow run on stored pairs).")
   if list(run.data_shape) != meta["data_shape"]:
     raise CheckpointMismatchError(f"train.init_from = {src} was trained on data of shape "
                                   f"{list(run.data_shape)}, this run's is {meta['data_shape']}.")
   params = jax.device_put(run.params, state_sh.params)
   copy = lambda: jax.tree.map(jnp.copy, params)  # own buffers: the step donates the state
   return state.replace(params=copy(), ema_params=tuple(copy() for _ in state.ema_params))
+
+
+def _check_resume_stats(saved, meta, start, workdir):
+  """The run's standardisation is fixed when it starts: a changed .npy file or
+  data.standardize must not move the data under parameters trained on the old ones."""
+  if not points.same_stats(saved.get("data_stats"), meta["data_stats"]):  # absent: old runs
+    raise CheckpointMismatchError(
+        f"checkpoint {start} in {workdir} was trained on data standardised as "
+        f"{saved.get('data_stats')} (None: not standardised), this config's data give "
+        f"{meta['data_stats']}: the data file or data.standardize changed. Use a new "
+        "--workdir, or the data and data.standardize the run started with.")
+
+
+# Config keys and sections that say what a run is (its data stream, times, loss, guided
+# target, optimiser, prior, matmul dtype): a resume that changed one would continue another
+# run under the old one's name, so only `allow_changes` lets it. The network's keys are
+# `checkpoint.SHAPE_KEYS`, checked as the state is restored; the length, the intervals,
+# sampling and the mesh may change.
+RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "optimizer", "prior", "model.dtype")
 
 
 def _check_resume_meta(saved, meta, start, workdir, config):
@@ -261,7 +301,8 @@ def train(config, workdir):
   key_init, key_steps, _ = run_keys(config.seed)
   batch_size = config.train.batch_size
   meta = {"data_shape": list(source.shape), "num_classes": source.num_classes,
-          "batch_size": batch_size}
+          "batch_size": batch_size,
+          "data_stats": points.stats_to_json(data_stats(source))}
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if batch_size % mesh.size:
     raise ConfigError(f"train.batch_size {batch_size} does not split over the "
@@ -290,6 +331,7 @@ def train(config, workdir):
     start = 0
   else:
     _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config)
+    _check_resume_stats(ckpt.restore_json("meta", start), meta, start, workdir)
     state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"], state_sh),
                                start, config_dict=config_dict)
     if int(state.step) != start:
