@@ -4,6 +4,7 @@ Experiment configs start from `get_config()` here and only override keys: the
 returned config is locked, so a misspelt key is an error, not a silent new key.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -59,22 +60,23 @@ def get_config():
   c.model.mlp.depth = 4      # residual blocks
   c.model.mlp.time_dim = 128  # sinusoidal features per time input
   c.model.mlp.time_scale = 1000.0  # t is multiplied by this before the sinusoids
-  # DiT (adaLN-Zero). With a variant, a key left at 0 keeps the variant's value.
+  # DiT (adaLN-Zero). None: the variant's value (without a variant: the class's default,
+  # where it has one). Every other value is used, and must be a size that can work.
   c.model.dit = ml_collections.ConfigDict()
-  c.model.dit.patch_size = 0
-  c.model.dit.hidden_size = 0
-  c.model.dit.depth = 0
-  c.model.dit.num_heads = 0
-  c.model.dit.mlp_ratio = 0.0
-  c.model.dit.time_scale = 0.0
-  # U-Net. With a variant, a key left at 0 / () / -1 keeps the variant's value.
+  c.model.dit.patch_size = placeholder(int)    # side of the square patches (2, 4, 8)
+  c.model.dit.hidden_size = placeholder(int)   # token width (divisible by 4 and num_heads)
+  c.model.dit.depth = placeholder(int)         # transformer blocks
+  c.model.dit.num_heads = placeholder(int)     # attention heads
+  c.model.dit.mlp_ratio = placeholder(float)   # block MLP width over hidden_size
+  c.model.dit.time_scale = placeholder(float)  # t and t - r are multiplied by this
+  # U-Net. None: the variant's value (without a variant: the paper's CIFAR-10 network's).
   c.model.unet = ml_collections.ConfigDict()
-  c.model.unet.base_channels = 0
-  c.model.unet.channel_mult = ()
-  c.model.unet.num_res_blocks = 0
-  c.model.unet.attn_resolutions = (-1,)  # (-1,) = the variant's; () = no attention
-  c.model.unet.dropout = -1.0
-  c.model.unet.time_scale = 0.0
+  c.model.unet.base_channels = placeholder(int)      # channels of the first level
+  c.model.unet.channel_mult = placeholder(tuple)     # per level; its length sets the levels
+  c.model.unet.num_res_blocks = placeholder(int)     # per level
+  c.model.unet.attn_resolutions = placeholder(tuple)  # image sizes with attention; () = none
+  c.model.unet.dropout = placeholder(float)          # 0.0 = no dropout
+  c.model.unet.time_scale = placeholder(float)       # t and t - r are multiplied by this
 
   c.time = ml_collections.ConfigDict()
   c.time.distribution = "logit_normal"  # "logit_normal" | "uniform"

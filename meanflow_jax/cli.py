@@ -1,18 +1,72 @@
 """Shared plumbing of the scripts: flag parsing and one-line errors."""
 import logging
+import os
+import re
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from meanflow_jax.errors import MeanFlowError
 
 
+def _flag_values(argv, name):
+  """The values given to flag `name` in `argv` (`--name=V`, `--name V`, `-name V`)."""
+  out = []
+  for i, a in enumerate(argv[1:], 1):
+    for prefix in (f"--{name}", f"-{name}"):
+      if a.startswith(prefix + "="):
+        out.append(a[len(prefix) + 1:])
+      elif a == prefix and i + 1 < len(argv):
+        out.append(argv[i + 1])
+  return out
+
+
+def _config_flags():
+  """Names of the config-file flags the script defined (`--config`)."""
+  return [name for name in flags.FLAGS
+          if isinstance(flags.FLAGS[name].parser, ConfigFileFlagParser)]
+
+
+def _check_config_files(argv):
+  """Exits with one line for a config file that does not exist (ml_collections would
+  defer that error, then report the overrides as unknown flags)."""
+  for name in _config_flags():
+    for value in _flag_values(argv, name):
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        what = "a directory, not a file" if os.path.isdir(path) else "no such file"
+        where = value if value == path else f"{value}: {path}"
+        sys.exit(f"error: --{name} {where}: {what}; pass a config file such as "
+                 "configs/toy.py.")
+
+
+def _config_file_error(e, argv):
+  """One line for an error raised while a config file ran: its last line (the exception),
+  and for a get_config called with the wrong arguments, what the file takes."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  last = lines[-1] if lines else str(e)
+  message = re.sub(r"^\w+(Error|Exception): ", "", last)
+  name, value = next(((n, v) for n in _config_flags() for v in _flag_values(argv, n)),
+                     ("config", "?"))
+  path, _, arg = value.partition(":")
+  if "get_config() takes 0 positional" in message:
+    message = (f"{path} takes no argument; drop ':{arg}' (configs that have variants, such "
+               "as configs/imagenet_dit.py:B/2, take one after ':')")
+  elif "get_config()" in message and "positional argument" in message:
+    message += f" (the text after ':' in --{name} is get_config's argument)"
+  return f"error: --{name} {value}: {message.rstrip('.')}."
+
+
 def _parse_flags(argv):
+  _check_config_files(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}\nPass --helpshort for the flags.")
+    if "Error whilst parsing config file" in str(e):
+      sys.exit(_config_file_error(e, argv))
+    sys.exit(f"error: {e}. Pass --helpshort for the flags.")
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for a key the (locked) config does not have, in an
     # override --config.KEY=VALUE or in the config file itself.
@@ -20,6 +74,11 @@ def _parse_flags(argv):
     overrides = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
     sys.exit(f"error: unknown config key ({detail}). Overrides given: {overrides or 'none'}. "
              "Every key is listed, with its meaning, in configs/default.py.")
+  except Exception as e:  # pylint: disable=broad-except
+    # Anything else comes from running a config file (a syntax error, a failed import).
+    name, value = next(((n, v) for n in _config_flags() for v in _flag_values(argv, n)),
+                       ("config", "?"))
+    sys.exit(f"error: --{name} {value} cannot be loaded: {type(e).__name__}: {e}")
 
 
 def run(main):

@@ -84,6 +84,8 @@ def main(argv):
   nfes = _NFE.value + [int(a) for a in extra]
   if _NUM.value is not None and _NUM.value < 2:
     raise ConfigError(f"--num must be >= 2; got {_NUM.value}.")
+  if _BATCH.value < 1:
+    raise ConfigError(f"--batch must be >= 1 (samples per sampler call); got {_BATCH.value}.")
   workdir = _WORKDIR.value
   config = inference.load_config(workdir)
   if config.data.source == "mixture":

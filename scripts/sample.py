@@ -90,6 +90,9 @@ def _labels(run, num):
 
 def main(argv):
   del argv
+  if os.path.isdir(_OUT.value):
+    raise ConfigError(f"--out {_OUT.value} is a directory; name a .npy file, e.g. "
+                      f"{os.path.join(_OUT.value, 'samples.npy')}.")
   if not _OUT.value.endswith(".npy"):
     raise ConfigError(f"--out must name a .npy file; got {_OUT.value!r}.")
   if _NUM.value is not None and _NUM.value < 1:

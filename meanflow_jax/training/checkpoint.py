@@ -28,6 +28,15 @@ _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
                         "t_max": 1.0},
            "sample": {"grid_per_class": 10}}
 
+# The values that meant "the preset's" in the model sections before None did. No config
+# holds them now (the range checks refuse each), so wherever they appear they are old.
+_LEGACY_PRESET = {"mlp": {"width": 0, "depth": 0, "time_dim": 0, "time_scale": 0.0},
+                  "dit": {"patch_size": 0, "hidden_size": 0, "depth": 0, "num_heads": 0,
+                          "mlp_ratio": 0.0, "time_scale": 0.0},
+                  "unet": {"base_channels": 0, "channel_mult": [], "num_res_blocks": 0,
+                           "attn_resolutions": [-1], "dropout": -1.0, "time_scale": 0.0}}
+
+
 
 def upgrade_config(saved):
   """A saved config dict with the keys that older runs lack, set as they trained."""
@@ -36,9 +45,17 @@ def upgrade_config(saved):
     out.setdefault(section, {})
     for k, v in keys.items():
       out[section].setdefault(k, v)
+  for name, markers in _LEGACY_PRESET.items():
+    if isinstance(out["model"].get(name), dict):
+      out["model"][name] = {k: None if k in markers and _plain(v) == markers[k] else v
+                            for k, v in out["model"][name].items()}
   data = out.setdefault("data", {})
   data.setdefault("source", "points" if data.get("path") else "mixture")
   return out
+
+
+def _plain(v):
+  return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def shape_keys(config_dict):

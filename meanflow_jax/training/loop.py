@@ -15,7 +15,7 @@ from meanflow_jax.data import PointSource, images, pairs, points
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  NonFiniteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import distributed, inference, sharding
+from meanflow_jax.training import distributed, inference, sharding, validate
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.summary import SummaryWriter
 from meanflow_jax.training.train_step import train_step
@@ -263,9 +263,27 @@ def _check_resume_stats(saved, meta, start, workdir):
 # `checkpoint.SHAPE_KEYS`, checked as the state is restored; the length, the intervals,
 # sampling and the mesh may change.
 RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "optimizer", "prior", "model.dtype")
+# data.standardize is compared through the statistics it gives (`_check_resume_stats`),
+# which no flag overrides.
+_RESUME_CHECKED_ELSEWHERE = ("data.standardize",)
 
 
-def _check_resume_meta(saved, meta, start, workdir, config):
+# Config keys and sections that say what a run is (its data stream, times, loss, guided
+# target, optimiser, prior, matmul dtype): a resume that changed one would continue another
+# run under the old one's name, so only `allow_changes` lets it. The network's keys are
+# `checkpoint.SHAPE_KEYS`, checked as the state is restored; the length, the intervals,
+# sampling and the mesh may change.
+RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "optimizer", "prior", "model.dtype")
+# data.standardize is compared through the statistics it gives (`_check_resume_stats`),
+# which no flag overrides.
+_RESUME_CHECKED_ELSEWHERE = ("data.standardize",)
+
+
+def _check_resume_meta(saved, meta, start, workdir, config, saved_config=None,
+                       allow_changes=()):
+  """Raises CheckpointMismatchError if the run in `workdir` cannot continue with `config`:
+  other data shape, classes or batch size (`saved` meta), or other `RUN_KEYS` values than
+  `saved_config` unless they lie in `allow_changes` (keys or sections)."""
   for k in ("data_shape", "num_classes", "batch_size"):
     if k in saved and saved[k] != meta[k]:
       hint = ("the data stream and the step's noise depend on it, so the run could not "
@@ -274,9 +292,25 @@ def _check_resume_meta(saved, meta, start, workdir, config):
       raise CheckpointMismatchError(
           f"checkpoint {start} in {workdir} was trained with {k} {saved[k]}, not {meta[k]}: "
           f"{hint}. Use a new --workdir, or the checkpoint's {k}.")
+  current = config.to_dict()
+  if saved_config is None or ckpt_lib.config_mismatches(saved_config, current):
+    return  # another network altogether: the restore reports that, first
+  under = lambda k, prefixes: any(k == p or k.startswith(p + ".") for p in prefixes)
+  old, new = validate.flatten(saved_config), validate.flatten(current)
+  changed = [k for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and under(k, RUN_KEYS)
+             and not under(k, ckpt_lib.shape_keys(current) + _RESUME_CHECKED_ELSEWHERE)
+             and not under(k, allow_changes)]
+  if changed:
+    raise CheckpointMismatchError(
+        f"checkpoint {start} in {workdir} belongs to another run: "
+        + "; ".join(f"{k} was {old.get(k)!r}, the config has {new.get(k)!r}" for k in changed)
+        + ". Each changes the data, the noise or the objective of the run it resumes. Use a "
+        "new --workdir or the checkpoint's values; to continue with the new ones, pass "
+        f"--allow_resume_change={','.join(changed)} (training.train(..., allow_changes=...)).")
 
 
-def train(config, workdir):
+def train(config, workdir, allow_changes=()):
   """Trains per `config` in `workdir`, resuming from its latest checkpoint.
 
   The same code runs on one device, on a mesh of local devices, and across
@@ -285,6 +319,9 @@ def train(config, workdir):
   checkpoint; process 0 alone writes metrics.jsonl, TensorBoard events
   (`workdir/tensorboard`), sample grids (`workdir/samples`) and the progress bar.
 
+  Args:
+    allow_changes: keys or sections of `RUN_KEYS` (e.g. ("seed", "loss.p")) that a
+      resume may change; a resume that changes any other is refused.
   Returns:
     the final TrainState.
   Raises:
@@ -292,6 +329,8 @@ def train(config, workdir):
     NonFiniteError at the first non-finite step; Interrupted after saving on SIGTERM.
   """
   check_config(config)
+  validate.check_allow_changes(config, allow_changes)
+  validate.check_data_path(config)
   config_dict = config.to_dict()
   source = make_source(config)  # validates the data before the workdir is touched
   model = ts.build_model(config)
@@ -330,7 +369,8 @@ def train(config, workdir):
       state = _init_from(config, state, state_sh, meta)
     start = 0
   else:
-    _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config)
+    _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config,
+                       ckpt.restore_config(start), allow_changes)
     _check_resume_stats(ckpt.restore_json("meta", start), meta, start, workdir)
     state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"], state_sh),
                                start, config_dict=config_dict)

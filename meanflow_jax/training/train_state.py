@@ -20,30 +20,17 @@ class TrainState:
   ema_params: tuple      # one copy of params per EMA decay
 
 
-# Keys for which 0 or () is a real value (no dropout, no attention); only the
-# markers -1.0 and (-1,) leave them unset.
-_ZERO_IS_A_VALUE = ("dropout", "attn_resolutions")
-
-
-def _is_unset(key, value):
-  """The config's "not set here" markers: -1.0 and (-1,); also 0, 0.0 and () except
-  for the keys where those are real values."""
-  if isinstance(value, (tuple, list)):
-    value = tuple(value)
-    return value == (-1,) or (value == () and key not in _ZERO_IS_A_VALUE)
-  return value == -1.0 or (value == 0 and key not in _ZERO_IS_A_VALUE)
-
-
 def model_kwargs(model_cfg):
   """Constructor kwargs from the model's config section: the keys set in it.
 
-  Unset keys are left out, so a variant's preset (or else the class's default)
-  gives their value.
+  Keys left None ("use the preset") are left out, so a variant's preset (or else
+  the class's default) gives their value; every other value, 0 and () included,
+  is passed on (the config's range checks refuse the ones that cannot work).
   """
   section = model_cfg.get(model_cfg.name)
   kwargs = dict(section) if section is not None else {}
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()
-          if not _is_unset(k, v)}
+          if v is not None}
 
 
 def build_model(config):

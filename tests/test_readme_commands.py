@@ -1,0 +1,272 @@
+"""Every `python scripts/...` command of README.md does what it says.
+
+Fast: each README train command's config, built as scripts/train.py builds it (the same
+config flags), passes validation and yields the data the command names. Slow: every
+README command runs, in the README's order, on a tiny budget (tiny overrides appended)
+in a directory holding the inputs the commands name; each must exit 0 and write what it
+says it writes. Commands that cannot run here are listed in SKIPPED with the reason.
+"""
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from configs import default
+from meanflow_jax.errors import DataError
+from meanflow_jax.training import loop, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_commands():
+  """argv lists of the `python scripts/...` lines in README.md's fenced code blocks
+  (continuation lines joined, comments dropped), in README order."""
+  text = open(os.path.join(ROOT, "README.md")).read()
+  commands = []
+  for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split(" #", 1)[0].strip()
+      if line.startswith("python scripts/"):
+        commands.append(shlex.split(line)[1:])
+  return commands
+
+
+def _flag(argv, name):
+  """The last value of `--name V` / `--name=V` in argv (absl's rule), or None."""
+  value = None
+  for i, a in enumerate(argv):
+    if a == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif a.startswith(f"--{name}="):
+      value = a.split("=", 1)[1]
+  return value
+
+
+# Commands that cannot run on this machine, by a substring of the command, with the reason.
+SKIPPED = {
+    "--coordinator_address=host0:1234": "needs N hosts (tests/test_multiprocess.py runs two "
+                                        "processes of one host)",
+    "--distributed_auto": "a template ('--config ... --workdir ...') for a cluster JAX detects",
+    "convert_inception_weights.py": "needs pytorch-fid's Inception weights, which are never "
+                                    "downloaded",
+    "fid_stats.py --source cifar10": "needs tensorflow-datasets' CIFAR-10 and the converted "
+                                     "Inception weights",
+    "--workdir runs/cifar10 --nfe": "evaluates a CIFAR-10 run, which cannot be trained here "
+                                    "(no tensorflow-datasets), with the Inception weights",
+}
+# README commands expected to stop with one line of error here, with a needle of it.
+EXPECTED_ERRORS = {"configs/cifar10.py": "tensorflow-datasets"}
+
+MLP = ["--config.model.mlp.width=16", "--config.model.mlp.depth=1",
+       "--config.model.mlp.time_dim=8"]
+DIT = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1",
+       "--config.model.dit.num_heads=2"]
+SHORT = ["--config.train.batch_size=16", "--config.train.steps=4", "--config.train.log_every=2",
+         "--config.train.checkpoint_every=4", "--config.train.sample_every=0"]
+
+
+UNET = ["--config.model.unet.base_channels=16", "--config.model.unet.num_res_blocks=1"]
+
+
+def _model_args(argv):
+  name = os.path.basename((_flag(argv, "config") or "configs/toy.py").split(":")[0])
+  return {"toy.py": MLP, "cifar10.py": UNET}.get(name, DIT)
+
+
+def tiny_args(argv):
+  """Flags appended to a README command so that it runs in seconds (absl: the last wins)."""
+  script = os.path.basename(argv[0])
+  if script == "train.py":
+    extra = _model_args(argv) + SHORT
+    if "--config.prior.name=lowfreq" in argv:
+      extra.append("--config.prior.fit_examples=64")
+    return extra
+  return {
+      "sample.py": [],
+      "evaluate.py": ["--num", "200"],
+      "make_pairs.py": ["--num", "256", "--nfe", "4"],
+      "bench_nfe.py": _model_args(argv) + SHORT + ["--num", "200", "--mf_nfe", "1",
+                                                    "--fm_nfe", "1,2"],
+      "study_straight_gaussians.py": ["--stds", "0.5", "--dims", "2", "--num", "64",
+                                      "--num_steps", "8"],
+      "study_obstruction.py": ["--dims", "2", "--separations", "1,4", "--steps", "4",
+                               "--num", "200", "--flow_steps", "16", "--nfe", "1"] + MLP,
+      "study_priors.py": DIT + SHORT + ["--num", "100", "--num_paths", "16",
+                                        "--path_steps", "4", "--fm_nfe", "1,2"],
+      "study_reflow.py": MLP + ["--config.train.sample_every=0", "--fm_steps", "8",
+                                "--reflow_steps", "4", "--num_pairs", "256", "--pair_nfe", "4",
+                                "--nfe", "1,2", "--num", "200", "--num_paths", "32",
+                                "--path_steps", "4"],
+      "dryrun.py": DIT + ["--batch", "16", "--data_shape", "8,8,4"],
+      "bench_train_step.py": ["--steps", "2", "--warmup", "1", "--block", "1"],
+  }[script]
+
+
+def _skip_reason(argv):
+  line = " ".join(argv)
+  return next((why for needle, why in SKIPPED.items() if needle in line), None)
+
+
+def test_the_readme_has_the_commands_this_test_knows():
+  commands = readme_commands()
+  scripts = {os.path.basename(c[0]) for c in commands}
+  assert {"train.py", "sample.py", "evaluate.py", "make_pairs.py"} <= scripts
+  assert sum(os.path.basename(c[0]) == "train.py" for c in commands) >= 10
+  for argv in commands:
+    if _skip_reason(argv) is None:
+      tiny_args(argv)  # KeyError: a script this test has no tiny budget for
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+POINTS_DIM = 3  # not the built-in mixture's 2: the shape shows which data a run reads
+
+
+def write_inputs(where):
+  """The files README commands name, tiny: points.npy, eps.npy, labels.npy, latents.npz,
+  my_images/ (12x12, not the digits' 8x8) and runs/pairs.npz; `{data.path: data shape}`."""
+  rng = np.random.default_rng(0)
+  np.save(where / "points.npy", rng.normal(size=(64, POINTS_DIM)).astype(np.float32))
+  np.save(where / "eps.npy", rng.normal(size=(32, 2)).astype(np.float32))
+  np.save(where / "labels.npy", np.arange(22) % 11)  # 10: the null class (unconditional)
+  np.savez(where / "latents.npz", images=rng.normal(size=(32, 8, 8, 4)).astype(np.float32),
+           labels=np.arange(32) % 10)
+  for k in range(2):
+    os.makedirs(where / "my_images" / f"class{k}", exist_ok=True)
+    for i in range(8):
+      Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(
+          where / "my_images" / f"class{k}" / f"{i}.png")
+  os.makedirs(where / "runs", exist_ok=True)
+  x = rng.normal(size=(64, POINTS_DIM)).astype(np.float32)
+  np.savez(where / "runs" / "pairs.npz", x=x, eps=rng.normal(size=x.shape).astype(np.float32))
+  return {"points.npy": (POINTS_DIM,), "latents.npz": (8, 8, 4), "my_images/": (12, 12, 1),
+          "runs/pairs.npz": (POINTS_DIM,)}
+
+
+# ----------------------------------------------------------------------------- fast
+
+
+def build_config(argv):
+  """(config, override keys) of a train command, parsed by ml_collections' config flags
+  exactly as scripts/train.py parses them (config files resolved from the repository)."""
+  args = ["train.py"]
+  for i, a in enumerate(argv):
+    if a == "--config":
+      args.append(f"--config={os.path.join(ROOT, argv[i + 1])}")
+    elif a.startswith("--config."):
+      args.append(a)
+  fv = flags.FlagValues()
+  # sys_argv: the config flag defines its --config.KEY flags from these arguments.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=args)
+  fv(args)
+  return fv["config"].value, set(config_flags.get_override_values(fv["config"]))
+
+
+TRAIN = [c for c in readme_commands() if c[0] == "scripts/train.py" and _skip_reason(c) is None]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  where = tmp_path_factory.mktemp("inputs")
+  return where, write_inputs(where)
+
+
+@pytest.mark.parametrize("argv", TRAIN, ids=lambda c: _flag(c, "workdir"))
+def test_readme_train_command_validates_and_reads_its_data(argv, inputs, monkeypatch):
+  where, shapes = inputs
+  monkeypatch.chdir(where)
+  config, overrides = build_config(argv)
+  validate.check_config(config, defaults=default.get_config(), overrides=overrides)
+  validate.check_data_path(config)
+  expected = next((n for k, n in EXPECTED_ERRORS.items() if k in " ".join(argv)), None)
+  if expected and importlib.util.find_spec("tensorflow_datasets") is None:
+    with pytest.raises(DataError, match=expected):
+      loop.make_source(config)
+    return
+  source = loop.make_source(config)
+  if config.data.path:
+    # The run reads the file it names, not a built-in set of the same kind.
+    assert tuple(source.shape) == shapes[config.data.path], (config.data.path, source.shape)
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+def _outputs(argv, stdout):
+  """Paths a README command says it writes (relative to its directory); [] for those that
+  print their results."""
+  script, workdir, out = os.path.basename(argv[0]), _flag(argv, "workdir"), _flag(argv, "out")
+  if script == "train.py":
+    return [f"{workdir}/{n}" for n in ("config.json", "metrics.jsonl", "checkpoints",
+                                        "tensorboard")]
+  if script == "sample.py":
+    # + a PNG beside it: a scatter for 2-D points, a grid for images.
+    return [out, out[:-len(".npy")] + ".png"]
+  if script == "evaluate.py":
+    return [f"{workdir}/eval.{e}" for e in ("json", "md", "png")]
+  if script == "make_pairs.py":
+    return [out]
+  if script == "bench_nfe.py":
+    return [f"{workdir}/bench.{e}" for e in ("md", "json", "png")] + [f"{workdir}/bench_speed.md"]
+  if script.startswith("study_"):
+    name = {"study_straight_gaussians.py": "straight_gaussians"}.get(script, script[6:-3])
+    return [f"results/{name}/table.md"]
+  if script == "bench_train_step.py":
+    return ["runs/bench_train_step.md"]
+  assert "TFLOP/step" in stdout, stdout[-2000:]  # dryrun prints its figures
+  return []
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_on_a_tiny_budget(tmp_path):
+  write_inputs(tmp_path)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  failures, skipped, ran, trained = [], [], 0, {}
+  for argv in readme_commands():
+    reason = _skip_reason(argv)
+    if reason:
+      skipped.append((" ".join(argv), reason))
+      continue
+    if os.path.basename(argv[0]) == "train.py":
+      # Sections of the README are alternatives that may name one workdir for two runs
+      # (runs/mine: points, or images); a user following one starts that run afresh.
+      workdir = _flag(argv, "workdir")
+      if trained.setdefault(workdir, argv) != argv:
+        print(f"README trains {workdir} twice:\n  {' '.join(trained[workdir])}\n  "
+              f"{' '.join(argv)}\n  (the second starts afresh here)")
+        shutil.rmtree(tmp_path / workdir)
+        trained[workdir] = argv
+    args = [os.path.join(ROOT, argv[0])] + [
+        os.path.join(ROOT, a) if a.startswith("configs/") else a for a in argv[1:]]
+    proc = subprocess.run([sys.executable, *args, *tiny_args(argv)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    ran += 1
+    line = " ".join(argv)
+    expected = next((n for k, n in EXPECTED_ERRORS.items() if k in line), None)
+    if expected and importlib.util.find_spec("tensorflow_datasets") is None:
+      lines = proc.stderr.strip().splitlines()
+      if not (proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ")
+              and expected in lines[0]):
+        failures.append(f"{line}\n  expected one line of error naming {expected!r}; got "
+                        f"exit {proc.returncode}:\n{proc.stderr[-1500:]}")
+      continue
+    if proc.returncode != 0:
+      failures.append(f"{line}\n  exit {proc.returncode}:\n{proc.stderr[-1500:]}")
+      continue
+    missing = [p for p in _outputs(argv, proc.stdout) if not os.path.exists(tmp_path / p)]
+    if missing:
+      failures.append(f"{line}\n  did not write {missing}")
+  print("skipped README commands:\n" + "\n".join(f"  {c}: {r}" for c, r in skipped))
+  assert ran >= 25 and len(skipped) == len(SKIPPED), (ran, skipped)
+  assert not failures, "\n\n".join(failures)
