@@ -10,7 +10,6 @@ import importlib.util
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -239,14 +238,13 @@ def test_every_readme_command_runs_on_a_tiny_budget(tmp_path):
       skipped.append((" ".join(argv), reason))
       continue
     if os.path.basename(argv[0]) == "train.py":
-      # Sections of the README are alternatives that may name one workdir for two runs
-      # (runs/mine: points, or images); a user following one starts that run afresh.
+      # A user follows the README top to bottom: two different runs in one workdir would
+      # make the second a refused resume (or, worse, a silent one).
       workdir = _flag(argv, "workdir")
       if trained.setdefault(workdir, argv) != argv:
-        print(f"README trains {workdir} twice:\n  {' '.join(trained[workdir])}\n  "
-              f"{' '.join(argv)}\n  (the second starts afresh here)")
-        shutil.rmtree(tmp_path / workdir)
-        trained[workdir] = argv
+        failures.append(f"README trains {workdir} twice:\n  {' '.join(trained[workdir])}\n"
+                        f"  {' '.join(argv)}")
+        continue
     args = [os.path.join(ROOT, argv[0])] + [
         os.path.join(ROOT, a) if a.startswith("configs/") else a for a in argv[1:]]
     proc = subprocess.run([sys.executable, *args, *tiny_args(argv)], cwd=tmp_path, env=env,
