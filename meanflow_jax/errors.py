@@ -31,3 +31,19 @@ class Interrupted(MeanFlowError):
   def __init__(self, message, signum):
     super().__init__(message)
     self.exit_code = 128 + signum
+
+
+class WorkdirLockedError(MeanFlowError):
+  """A workdir in which another run is writing (its lock file names the holder)."""
+
+
+class CheckpointDamagedError(MeanFlowError, ValueError):
+  """No checkpoint of a run reads back whole, or the one asked for does not."""
+
+
+class WorkdirWriteError(MeanFlowError, OSError):
+  """A file of a run that could not be written (disk full, quota, permissions)."""
+
+
+class CheckpointWriteError(WorkdirWriteError):
+  """A checkpoint that could not be written; the earlier ones are intact."""

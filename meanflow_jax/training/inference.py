@@ -27,27 +27,38 @@ class Run(NamedTuple):
   data_stats: Optional[points.Standardization] = None
 
 
-def _checkpointer(workdir):
+def _restore(workdir, step, target=None):
+  """`checkpoint.Restored` of the newest intact (or the given) checkpoint of `workdir`,
+  read only, with a warning for each newer damaged step (left in place)."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise RunNotFoundError(f"{workdir}: no checkpoints/ folder; train there first.")
-  return ckpt_lib.Checkpointer(directory)
+  ckpt = ckpt_lib.Checkpointer(directory, read_only=True)
+  try:
+    found = ckpt.restore_intact(target, step=step)
+  finally:
+    ckpt.close()
+  if found is None:
+    raise RunNotFoundError(f"{workdir}: no checkpoint saved yet.")
+  for s, what in found.damaged:
+    ckpt_lib.warn(f"checkpoint {os.path.join(ckpt.directory, str(s))} is damaged ({what}); "
+                  f"using step {found.step}, the newest intact checkpoint (the damaged one is "
+                  "left in place).")
+  return found
 
 
 def load_config(workdir, step=None):
-  """The config saved with the latest (or given) checkpoint of `workdir`."""
-  ckpt = _checkpointer(workdir)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise RunNotFoundError(f"{workdir}: no checkpoint saved yet.")
-    return ml_collections.ConfigDict(ckpt.restore_config(step))
-  finally:
-    ckpt.close()
+  """The config saved with the newest (or given) checkpoint of `workdir` whose config and
+  meta read back; its arrays are verified by `load_run`, not here."""
+  return ml_collections.ConfigDict(_restore(workdir, step).config)
 
 
 def load_run(workdir, params=None, step=None, ema=None):
-  """The `Run` of the latest (or given) checkpoint in `workdir`.
+  """The `Run` of the newest intact (or the given) checkpoint in `workdir`.
+
+  Every checkpoint read is verified against the checksums saved with it; a damaged
+  newest step is said on stderr and the newest intact one used (the given `step`
+  alone: CheckpointDamagedError if damaged).
 
   Args:
     params: "ema" for the first EMA copy, "raw" for the optimised parameters;
@@ -55,19 +66,17 @@ def load_run(workdir, params=None, step=None, ema=None):
     ema: with params "ema", the decay of the copy (one of train.ema_decays);
       None: the first.
   """
-  ckpt = _checkpointer(workdir)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise RunNotFoundError(f"{workdir}: no checkpoint saved yet.")
-    config = ml_collections.ConfigDict(ckpt.restore_config(step))
-    model = ts.build_model(config)
+
+  def target(saved, meta):
+    config = ml_collections.ConfigDict(saved)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
-    meta = ckpt.restore_json("meta", step)
-    data_shape = meta["data_shape"]
-    state = ckpt.restore_state(loop.abstract_state(config, model, tx, data_shape), step)
-  finally:
-    ckpt.close()
+    return loop.abstract_state(config, ts.build_model(config), tx, meta["data_shape"])
+
+  found = _restore(workdir, step, target)
+  step, state, meta = found.step, found.state, found.meta
+  config = ml_collections.ConfigDict(found.config)
+  model = ts.build_model(config)
+  data_shape = meta["data_shape"]
   params = params or config.sample.params
   if params not in ("ema", "raw"):
     raise ConfigError(f"params must be 'ema' or 'raw'; got {params!r}.")

@@ -1,8 +1,11 @@
 """The training loop: data, compiled step, logging, checkpoints, exact resume."""
+import contextlib
+import errno
 import functools
 import json
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -13,9 +16,11 @@ from tqdm.auto import tqdm
 from meanflow_jax import plotting, priors
 from meanflow_jax.data import PointSource, images, pairs, points
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
-                                 NonFiniteError)
+                                 MeanFlowError, NonFiniteError, WorkdirLockedError,
+                                 WorkdirWriteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import distributed, inference, sharding, validate
+from meanflow_jax.training import lock as lock_lib
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.summary import SummaryWriter
 from meanflow_jax.training.train_step import train_step
@@ -126,15 +131,77 @@ def _truncate_metrics(path, last_step):
     f.writelines(keep)
 
 
+def _last_checkpoint(ckpt):
+  step = ckpt.latest_step()
+  return ("no checkpoint was saved yet" if step is None
+          else f"the last checkpoint (step {step}) is untouched")
+
+
 def _check_finite(logs, first_step, ckpt):
   """Raises NonFiniteError at the first update whose loss or gradient was not finite."""
   for i, m in enumerate(logs):
     if not m["finite"]:
       raise NonFiniteError(
           f"non-finite loss or gradient at step {first_step + i} (loss {float(m['loss'])}, "
-          f"grad norm {float(m['grad_norm'])}). Training stopped; the last checkpoint (step "
-          f"{ckpt.latest_step()}) is untouched. Lower optimizer.lr, set optimizer.grad_clip, "
-          "or look for outliers in the data.")
+          f"grad norm {float(m['grad_norm'])}). Training stopped; {_last_checkpoint(ckpt)}. "
+          "Lower optimizer.lr, set optimizer.grad_clip, or look for outliers in the data.")
+
+
+def _save(ckpt, step, state, config_dict, meta, out_sharding):
+  """Writes `state` as checkpoint `step` if all of it is finite, else NonFiniteError.
+
+  The state itself is checked, not only the losses: an update can make the parameters
+  non-finite after a finite loss, and the EMA copies never reach the loss. One jitted
+  pass gives both this check and the checksums saved with the state.
+  """
+  finite, checksums = ckpt_lib.state_checksums(state, out_sharding)
+  bad = [path for path, ok in finite.items() if not ok]
+  if bad:
+    more = f" and {len(bad) - 1} more arrays" if len(bad) > 1 else ""
+    raise NonFiniteError(
+        f"the state after step {step} holds non-finite values in {bad[0]}{more}, though the "
+        f"losses and gradients up to it were finite. Training stopped without saving it; "
+        f"{_last_checkpoint(ckpt)}. Lower optimizer.lr, set optimizer.grad_clip, or look for "
+        "outliers in the data.")
+  ckpt.save(step, state, config_dict, meta, checksums)
+
+
+def _lock_workdir(workdir):
+  """This process's `lock.WorkdirLock` of `workdir`. If any process of the run cannot take
+  its own (another run holds the workdir), every process raises WorkdirLockedError."""
+  try:
+    held, refused = lock_lib.acquire(workdir, jax.process_index()), None
+  except WorkdirLockedError as e:
+    held, refused = None, e
+  if distributed.any_process(refused is not None):
+    if held is not None:
+      held.release()
+    raise refused or WorkdirLockedError(
+        f"{workdir} is in use by another run: another process of this run could not take "
+        "its lock (its error names the holder).")
+  message = lock_lib.takeover_message(held)
+  if message:
+    print(message, file=sys.stderr, flush=True)
+  return held
+
+
+# Errors of a write that say the disk cannot take it, whichever file it was (a write to
+# an open file names none), and those that say the workdir cannot be written.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+_ACCESS_ERRORS = (errno.EACCES, errno.EPERM)
+
+
+def _write_error(error, workdir):
+  """WorkdirWriteError, in one line, for an OSError of a write into `workdir`; else None."""
+  name = os.path.abspath(error.filename) if isinstance(error.filename, str) else ""
+  inside = name.startswith(os.path.abspath(workdir))
+  if not (error.errno in _DISK_ERRORS or (error.errno in _ACCESS_ERRORS and inside)):
+    return None
+  reason = f"{os.strerror(error.errno)} [errno {error.errno}]" if error.errno else str(error)
+  return WorkdirWriteError(
+      f"could not write to {name or os.path.abspath(workdir)}: {reason}. Training stopped; "
+      "free space (or train in another --workdir) and rerun to resume from the last "
+      "checkpoint.")
 
 
 PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
@@ -311,7 +378,7 @@ def _check_resume_meta(saved, meta, start, workdir, config, saved_config=None,
 
 
 def train(config, workdir, allow_changes=()):
-  """Trains per `config` in `workdir`, resuming from its latest checkpoint.
+  """Trains per `config` in `workdir`, resuming from its newest intact checkpoint.
 
   The same code runs on one device, on a mesh of local devices, and across
   processes (after `distributed.initialize`): every process calls `train` with
@@ -319,15 +386,34 @@ def train(config, workdir, allow_changes=()):
   checkpoint; process 0 alone writes metrics.jsonl, TensorBoard events
   (`workdir/tensorboard`), sample grids (`workdir/samples`) and the progress bar.
 
+  One run writes a workdir at a time: each process holds `workdir/lock.<process_index>`
+  (see `lock`) from before its first write until it returns or raises. A damaged
+  checkpoint (see `Checkpointer.restore_intact`) is said in one line, moved to
+  `workdir/damaged_checkpoints/`, and the run resumes from the newest intact one.
+
   Args:
     allow_changes: keys or sections of `RUN_KEYS` (e.g. ("seed", "loss.p")) that a
       resume may change; a resume that changes any other is refused.
   Returns:
     the final TrainState.
   Raises:
-    ConfigError, DataError, CheckpointMismatchError before anything is written;
-    NonFiniteError at the first non-finite step; Interrupted after saving on SIGTERM.
+    ConfigError, DataError, CheckpointMismatchError, WorkdirLockedError before
+    anything is written; CheckpointDamagedError if no checkpoint reads back whole;
+    NonFiniteError at the first non-finite step or state, before it is saved;
+    CheckpointWriteError / WorkdirWriteError when a write fails (a full disk), at
+    that write; Interrupted after saving on SIGTERM.
   """
+  with contextlib.ExitStack() as cleanup:  # releases the lock after the checkpointer closed
+    try:
+      return _train(config, workdir, allow_changes, cleanup)
+    except OSError as e:
+      error = None if isinstance(e, MeanFlowError) else _write_error(e, workdir)
+      if error is None:
+        raise
+      raise error from e
+
+
+def _train(config, workdir, allow_changes, cleanup):
   check_config(config)
   validate.check_allow_changes(config, allow_changes)
   validate.check_data_path(config)
@@ -359,24 +445,38 @@ def train(config, workdir, allow_changes=()):
 
   main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  cleanup.callback(_lock_workdir(workdir).release)  # before anything in the workdir is written
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                max_to_keep=config.train.max_to_keep)
-  start = ckpt.latest_step()
-  if start is None:
+  replicated = sharding.replicated(mesh)
+
+  def check_resume(start, saved_config, saved_meta):
+    """The user's errors (another model, data or run): raised as they are, not damage."""
+    _check_resume_meta(saved_meta, meta, start, workdir, config, saved_config, allow_changes)
+    _check_resume_stats(saved_meta, meta, start, workdir)
+    error = ckpt.mismatch(start, saved_config, config_dict)
+    if error:
+      raise error
+
+  found = ckpt.restore_intact(
+      lambda saved_config, saved_meta: abstract_state(config, model, tx, meta["data_shape"],
+                                                      state_sh),
+      check=check_resume, out_sharding=replicated)
+  if found is None:
     state = jax.jit(_init_fn(config, model, tx, source.shape),
                     out_shardings=state_sh)(key_init)
     if config.train.init_from:
       state = _init_from(config, state, state_sh, meta)
     start = 0
   else:
-    _check_resume_meta(ckpt.restore_json("meta", start), meta, start, workdir, config,
-                       ckpt.restore_config(start), allow_changes)
-    _check_resume_stats(ckpt.restore_json("meta", start), meta, start, workdir)
-    state = ckpt.restore_state(abstract_state(config, model, tx, meta["data_shape"], state_sh),
-                               start, config_dict=config_dict)
-    if int(state.step) != start:
-      raise CheckpointMismatchError(
-          f"checkpoint {start} holds a state at step {int(state.step)}; it is corrupt.")
+    for step, what in found.damaged:
+      # Moved, not deleted: the run saves that step again, and Orbax would count the
+      # damaged one among the newest to keep.
+      moved = ckpt.set_aside(step, os.path.join(workdir, "damaged_checkpoints"))
+      ckpt_lib.warn(f"checkpoint {os.path.join(ckpt.directory, str(step))} is damaged ({what}); "
+                    f"moved to {moved}, resuming from step {found.step}, the newest intact "
+                    "checkpoint.")
+    state, start = found.state, found.step
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -388,7 +488,6 @@ def train(config, workdir, allow_changes=()):
 
   step_fn = step_function(config, model, tx, prior)
   # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
-  replicated = sharding.replicated(mesh)
   compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
                      out_shardings=(state_sh, replicated)).lower(
       state, load(start), key_steps).compile()
@@ -401,6 +500,7 @@ def train(config, workdir, allow_changes=()):
   pending, t_last = [], time.time()
   bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
              unit="step", dynamic_ncols=True, disable=None if main else True)
+  finished = False
   try:
     for step in bar:
       state, metrics = compiled(state, load(step), key_steps)
@@ -428,7 +528,8 @@ def train(config, workdir, allow_changes=()):
         bar.set_postfix(loss=f"{row['loss']:.4f}", examples_per_s=f"{row['examples_per_s']:.0f}")
         pending, t_last = [], now
       if save:
-        ckpt.save(done, state, config_dict, dict(meta, data_position=done * batch_size))
+        _save(ckpt, done, state, config_dict, dict(meta, data_position=done * batch_size),
+              replicated)
       if preview is not None and done % sample_every == 0:
         samples = preview(state.ema_params[0] if config.sample.params == "ema" else state.params)
         if main:
@@ -440,10 +541,14 @@ def train(config, workdir, allow_changes=()):
         raise Interrupted(f"stopped by signal {stop['signal'] or 'SIGTERM (another process)'} "
                           f"after step {done}; the checkpoint is saved in {workdir}: rerun to "
                           "resume.", stop["signal"] or signal.SIGTERM)
+    finished = True
   finally:
     bar.close()
-    writer.close()
-    ckpt.wait()
-    ckpt.close()
     signal.signal(signal.SIGTERM, previous)
+    for close in (writer.close, ckpt.wait, ckpt.close):
+      if finished:
+        close()
+      else:  # a failing run (a full disk) may fail here too: its first error is the one to say
+        with contextlib.suppress(Exception):
+          close()
   return state
