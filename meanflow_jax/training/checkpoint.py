@@ -49,7 +49,6 @@ _LEGACY_PRESET = {"mlp": {"width": 0, "depth": 0, "time_dim": 0, "time_scale": 0
                            "attn_resolutions": [-1], "dropout": -1.0, "time_scale": 0.0}}
 
 
-
 def upgrade_config(saved):
   """A saved config dict with the keys that older runs lack, set as they trained."""
   out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}

@@ -46,7 +46,6 @@ class _Points:
     self.shape = (source.dim,)
     self.stats = source.stats
 
-
   def batch(self, step, shard=(0, 1)):
     """Rows `i*B/n : (i+1)*B/n` of the batch of `step` for `shard=(i, n)`
     (the toy data is cheap, so each process draws the whole batch)."""
@@ -322,17 +321,6 @@ def _check_resume_stats(saved, meta, start, workdir):
         f"{saved.get('data_stats')} (None: not standardised), this config's data give "
         f"{meta['data_stats']}: the data file or data.standardize changed. Use a new "
         "--workdir, or the data and data.standardize the run started with.")
-
-
-# Config keys and sections that say what a run is (its data stream, times, loss, guided
-# target, optimiser, prior, matmul dtype): a resume that changed one would continue another
-# run under the old one's name, so only `allow_changes` lets it. The network's keys are
-# `checkpoint.SHAPE_KEYS`, checked as the state is restored; the length, the intervals,
-# sampling and the mesh may change.
-RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "optimizer", "prior", "model.dtype")
-# data.standardize is compared through the statistics it gives (`_check_resume_stats`),
-# which no flag overrides.
-_RESUME_CHECKED_ELSEWHERE = ("data.standardize",)
 
 
 # Config keys and sections that say what a run is (its data stream, times, loss, guided
