@@ -94,6 +94,36 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
   return ToyEvaluation(rows, samples, np.asarray(exact), mixture)
 
 
+def one_step_slopes(workdir, num=1000, seed=0, mixture=None, flow_steps=256, params=None):
+  """How steep a run's 1-NFE map is against the exact map it learns, at the same noise.
+
+  Both are `toy.map_slopes` in data space over the data's scale: the largest singular
+  value of d x / d eps at `num` noise points drawn with key `seed`. Where the exact map
+  needs slopes far beyond the network's, the network's map is smoother and leaves mass
+  between the modes (the one-step obstruction).
+
+  Args:
+    mixture: as in `evaluate_toy` (needed for a points run).
+
+  Returns:
+    (exact slopes `[num]`, model slopes `[num]`), numpy.
+  """
+  run = inference.load_run(workdir, params=params)
+  config = run.config
+  mixture = points.config_mixture(config.data) if mixture is None else mixture
+  stats = run.data_stats
+  target = mixture if stats is None else mixture.standardized(stats.mean, stats.std)
+  back = (lambda x: x) if stats is None else stats.invert
+  eps = run.prior.sample(jax.random.key(seed), num, (mixture.dim,))
+  exact_map = lambda e: back(target.flow_map(e, 1.0, 0.0, flow_steps))
+  model_map = lambda e: back(inference.draw(config.objective, run.model, config.sample.method,
+                                            run.params, e, 1, None))
+  scale = float(mixture.scale())
+  exact = jax.jit(lambda e: toy.map_slopes(exact_map, e))(eps)
+  model = jax.jit(lambda e: toy.map_slopes(model_map, e))(eps)
+  return np.asarray(exact) / scale, np.asarray(model) / scale
+
+
 class ImageEvaluation(NamedTuple):
   rows: list       # one dict of metrics per NFE
   samples: dict    # nfe -> samples [num, H, W, C] in [-1, 1]

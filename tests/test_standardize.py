@@ -11,6 +11,7 @@ import pytest
 from meanflow_jax import analytic, evaluate, training
 from meanflow_jax.data import points
 from meanflow_jax.errors import CheckpointMismatchError
+from meanflow_jax.metrics import toy
 from meanflow_jax.training import checkpoint, inference, loop
 from tests.test_training import tiny_config
 
@@ -227,3 +228,15 @@ def test_evaluate_toy_on_points_scores_in_data_space(tmp_path):
   assert row["exact_low_density_frac"] < 0.03 and row["exact_mode_tv"] < 0.05, row
   # Twenty steps from a far-away start: in data space, the samples are near the data.
   assert row["transport_rms"] < 1.5, row
+
+
+def test_map_slopes_of_exact_maps():
+  """Linear maps: the largest singular value; two modes: the exact map's slope at eps = 0 is
+  std exp(sep^2 / (8 std^2)) (the 1-D quantile map of axis 0, as in the obstruction study)."""
+  a = jnp.array([[3.0, 1.0], [0.0, 0.5]])
+  eps = jax.random.normal(jax.random.key(10), (5, 2))
+  np.testing.assert_allclose(toy.map_slopes(lambda e: e @ a.T, eps),
+                             np.linalg.norm(np.asarray(a), 2), rtol=1e-5)
+  two = points.two_modes(dim=2, separation=2.0, std=0.5)
+  slope = toy.map_slopes(lambda e: two.flow_map(e, 1.0, 0.0, 256), jnp.zeros((1, 2)))
+  np.testing.assert_allclose(slope, 0.5 * np.exp(2.0 ** 2 / (8 * 0.5 ** 2)), rtol=1e-3)

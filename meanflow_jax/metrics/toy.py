@@ -50,6 +50,23 @@ def sliced_wasserstein(key, a, b, num_projections=256):
   return _sliced(_unit_directions(key, a.shape[1], num_projections), a, b)
 
 
+def map_slopes(map_fn, eps):
+  """The largest singular value of the Jacobian d map(eps) / d eps at each noise point, `[N]`.
+
+  How much a one-step map from noise to data stretches the noise. Splitting N(0, I)
+  into modes separated by empty gaps needs a steep map at the noise that lands near the
+  gaps (the exact map's slope grows like exp(gap^2 / (8 std^2)) for two modes, see
+  scripts/study_obstruction.py); a network whose slope stays lower must leave mass in
+  the gaps. Divide by the data's scale to compare mixtures.
+
+  Args:
+    map_fn: `[B, D] -> [B, D]`, row by row (each output row depends on its own input row).
+    eps: noise `[N, D]`.
+  """
+  jac = jax.vmap(jax.jacfwd(lambda e: map_fn(e[None])[0]))(eps)  # [N, D, D]
+  return jnp.linalg.norm(jac, ord=2, axis=(-2, -1))
+
+
 class Reference(NamedTuple):
   """What every report on one mixture shares: computed once, reused for each model."""
   threshold: jax.Array   # low-density log-density level
