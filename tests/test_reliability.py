@@ -17,6 +17,7 @@ from configs import toy
 from meanflow_jax import training
 from meanflow_jax.errors import MeanFlowError, NonFiniteError
 from meanflow_jax.training import inference, loop
+from tests.test_training import _leaves, override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"model.mlp.width": 16, "model.mlp.depth": 1, "model.mlp.time_dim": 8,
@@ -28,18 +29,7 @@ LOCK = "lock.0"  # the lock file of process 0 of a run
 
 def tiny(**overrides):
   """configs/toy.py shrunk to a 16-wide MLP; the scripts below train the same model."""
-  c = toy.get_config()
-  for k, v in {**TINY, **overrides}.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
-
-
-def _leaves(tree):
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+  return override(toy.get_config(), {**TINY, **overrides})
 
 
 def _steps(workdir):
