@@ -198,6 +198,7 @@ def test_evaluate_images_writes_table_and_grid(digits_run, classifier_cache):
   assert any(f.startswith("classifier-") for f in os.listdir(classifier_cache))
 
 
+@pytest.mark.slow  # Inception at 299 x 299 on CPU: three compilations of it
 def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path,
                                                             classifier_cache):
   """--inception (here random weights in the converted format) and --ref add a fid column;

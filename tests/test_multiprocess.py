@@ -36,7 +36,8 @@ def _command(workdir, steps, *extra):
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
+              f" --xla_force_host_platform_device_count={devices}")
 
 
 def _start_two(workdir, steps):

@@ -1,5 +1,5 @@
 """scripts/study_obstruction.py end to end on a tiny sweep: the files it writes, and the
-exact references in them against closed forms."""
+exact references in them against closed forms (slow: two trainings and exact flows)."""
 import json
 import os
 import subprocess
@@ -12,6 +12,7 @@ from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM, STD, GAP_STDS, SEPARATIONS = 4000, 0.25, 1.0, (1.0, 2.0)
+pytestmark = pytest.mark.slow
 
 
 def study(tmp_path, *args):
