@@ -30,7 +30,7 @@ demo-toy: install
 	@echo "results: $(TOY_DIR)/eval.json, pictures: $(TOY_DIR)/eval.png $(TOY_DIR)/samples_1nfe.png"
 
 test: install
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

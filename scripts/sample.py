@@ -97,6 +97,12 @@ def main(argv):
     raise ConfigError(f"--out must name a .npy file; got {_OUT.value!r}.")
   if _NUM.value is not None and _NUM.value < 1:
     raise ConfigError(f"--num must be >= 1; got {_NUM.value}.")
+  # What can be checked without the run is checked before its checkpoint is read.
+  if _LABELS.value and _CLASS.value is not None:
+    raise ConfigError("give --labels or --class, not both.")
+  for path in (_NOISE.value, _LABELS.value):
+    if path and not os.path.exists(path):
+      raise DataError(f"{path}: no such file.")
   run = inference.load_run(_WORKDIR.value, params=_PARAMS.value)
   config, shape = run.config, run.data_shape
   num = _NUM.value

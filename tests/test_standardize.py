@@ -240,3 +240,16 @@ def test_map_slopes_of_exact_maps():
   two = points.two_modes(dim=2, separation=2.0, std=0.5)
   slope = toy.map_slopes(lambda e: two.flow_map(e, 1.0, 0.0, 256), jnp.zeros((1, 2)))
   np.testing.assert_allclose(slope, 0.5 * np.exp(2.0 ** 2 / (8 * 0.5 ** 2)), rtol=1e-3)
+
+
+def test_toy_v1_keeps_every_value_before_the_mixture_family_tuning():
+  """configs/toy.py:v1 reproduces the runs of BENCHMARKS sections 1-12; the default is the
+  tuned config (standardised, p 0.1, sigma 2.5, half the pairs r != t, lr 4e-3)."""
+  from configs import toy
+  old, new = toy.get_config("v1"), toy.get_config()
+  got = lambda c: (c.data.standardize, c.time.mu, c.time.sigma, c.time.ratio_r_neq_t,
+                   c.loss.p, c.optimizer.lr, c.train.steps, c.model.mlp.width)
+  assert got(old) == (False, -2.0, 2.0, 0.75, 0.5, 2e-3, 12_000, 256)
+  assert got(new) == (True, -2.0, 2.5, 0.5, 0.1, 4e-3, 12_000, 256)
+  with pytest.raises(ValueError, match="variants"):
+    toy.get_config("v2")
