@@ -7,8 +7,15 @@ from meanflow_jax import evaluate, training
 
 
 @pytest.mark.slow
-def test_toy_meanflow_one_step_quality(tmp_path):
-  training.train(toy.get_config(), str(tmp_path))
+@pytest.mark.parametrize("variant", [
+    "v1",
+    # The values tuned on the mixture family keep ring8's transport and mode weights but
+    # leave 5.5 % of its samples off the support (BENCHMARKS.md "Mixture family").
+    pytest.param("", marks=pytest.mark.xfail(strict=True, reason="ring8 low-density 0.055 "
+                                             "with the mixture-family defaults")),
+])
+def test_toy_meanflow_one_step_quality(tmp_path, variant):
+  training.train(toy.get_config(variant), str(tmp_path))
   ev = evaluate.evaluate_toy(str(tmp_path), [1], num=20_000)
   row = ev.rows[0]
   assert row["transport_rms"] < 0.1, row
