@@ -1,4 +1,4 @@
-"""MeanFlow on the built-in 8-mode 2-D mixture; about two minutes on a 2-core CPU.
+"""MeanFlow on the built-in 8-mode 2-D mixture; about three minutes on a 2-core CPU.
 
   python scripts/train.py --config configs/toy.py --workdir runs/toy
   python scripts/train.py --config configs/toy.py --workdir runs/toy_fm \
