@@ -9,7 +9,6 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def pytest_configure(config):
@@ -21,13 +20,6 @@ def pytest_configure(config):
   Set here, before any test module imports jax, and in the environment, so the xdist
   workers and the scripts the tests start share it. A directory the user set is kept.
   """
-  # The tests run tiny programs, most of them once: XLA's CPU backend spent more time
-  # optimising them than running them (four of test_training's took 109 s with its costly
-  # passes, 74 s without). Float32 without fast-math either way; tests that compare runs
-  # bit for bit start both with these flags.
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_backend_optimization_level" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " " + _FAST_COMPILE).strip()
   if os.environ.get(_CACHE_ENV):
     return
   path = tempfile.mkdtemp(prefix="meanflow_jax_xla_cache_")
