@@ -15,7 +15,7 @@ scripts/study_mixture_family.py on the tuning mixtures of `data.points.FAMILY`):
   on a 7-mode mixture, 0.028 at p = 0.1). p = 0 keeps the mean but lets the noisy
   targets through. BENCHMARKS.md has both sweeps.
 - ratio_r_neq_t = 0.5 and lr 4e-3 with a cosine decay over 12k steps: the most the
-  2.5-minute budget gives; EMA 0.9995 or 0.9999, a 512-wide MLP at the same cost and
+  3-minute budget gives; EMA 0.9995 or 0.9999, a 512-wide MLP at the same cost and
   Fourier features of z were no better at one step.
 - model.mlp.time_scale = 100: 1 is too smooth in t, 1000 too rough for a JVP.
 """

@@ -62,6 +62,7 @@ def test_train_on_8_devices_then_resume_on_one(tmp_path):
   needs a process of its own; the single-device runs train here."""
   from configs import digits
   from meanflow_jax import training
+  from tests.test_training import override
   tiny = {"model.dit.hidden_size": 32, "model.dit.depth": 1, "model.dit.num_heads": 2,
           "model.dit.patch_size": 4, "train.batch_size": 16, "train.log_every": 5,
           "train.checkpoint_every": 5}
@@ -76,16 +77,7 @@ def test_train_on_8_devices_then_resume_on_one(tmp_path):
                         capture_output=True, text=True, timeout=3600, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
-  def config():
-    c = digits.get_config()
-    for k, v in {**tiny, "train.steps": 10}.items():
-      *path, key = k.split(".")
-      node = c
-      for part in path:
-        node = node[part]
-      node[key] = v
-    return c
-
+  config = lambda: override(digits.get_config(), {**tiny, "train.steps": 10})
   training.train(config(), str(tmp_path / "b"))  # resumed at step 5 on one device
   training.train(config(), str(tmp_path / "a"))
   a = training.load_run(str(tmp_path / "a"), params="raw").params
