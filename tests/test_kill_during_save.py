@@ -18,7 +18,7 @@ ARGS = ["--config", "configs/toy.py", "--config.model.mlp.width=1024",
         "--config.model.mlp.depth=2", "--config.train.batch_size=64",
         "--config.train.checkpoint_every=1", "--config.train.log_every=1",
         "--config.train.max_to_keep=2", "--config.train.sample_every=0"]
-STEPS = 12
+STEPS = 6
 
 
 def _train(workdir, **kwargs):

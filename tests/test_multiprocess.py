@@ -14,6 +14,7 @@ import pytest
 
 from meanflow_jax import training
 from meanflow_jax.training import summary
+from tests.helpers import xla
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1",
@@ -36,8 +37,8 @@ def _command(workdir, steps, *extra):
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
-              f" --xla_force_host_platform_device_count={devices}")
+  # One run against another under the same (fast-compiling) flags.
+  return xla.env(devices)
 
 
 def _start_two(workdir, steps):

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.training import sharding
+from tests.helpers import xla
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -67,8 +68,7 @@ def test_train_on_8_devices_then_resume_on_one(tmp_path):
           "model.dit.patch_size": 4, "train.batch_size": 16, "train.log_every": 5,
           "train.checkpoint_every": 5}
   root = os.path.dirname(HERE)
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
-             " --xla_force_host_platform_device_count=8")
+  env = xla.env(8)  # compared at rtol 1e-4: the fast-compile rounding is far inside it
   proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "train.py"),
                          "--config", "configs/digits.py", "--workdir", str(tmp_path / "b"),
                          *(f"--config.{k}={v}" for k, v in tiny.items()),
@@ -93,7 +93,7 @@ def test_dryrun_compiles_from_shapes_on_8_fake_devices(tmp_path):
                          "configs/digits.py", "--fake_devices", "8", "--mesh", "4,2", "--batch",
                          "64", "--config.model.dit.depth=1", "--config.model.dit.hidden_size=64",
                          "--out", str(out)], capture_output=True, text=True, timeout=3600,
-                        cwd=root)
+                        cwd=root, env=xla.env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.load(open(out))
   assert got["mesh"] == {"data": 4, "fsdp": 2} and got["batch"] == 64
@@ -140,7 +140,7 @@ print(json.dumps({"devices": len(jax.devices()), **out}))
 def test_sampler_split_over_8_devices_equals_one_device():
   root = os.path.dirname(HERE)
   proc = subprocess.run([sys.executable, "-c", SAMPLER_SCRIPT, root], capture_output=True,
-                        text=True, timeout=3600)
+                        text=True, timeout=3600, env=xla.env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   one, eight = np.asarray(out["one"]), np.asarray(out["eight"])

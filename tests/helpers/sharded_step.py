@@ -3,8 +3,11 @@
 import os
 import sys
 
+# 8 fake devices; both runs compiled without XLA's costly passes (see tests/helpers/xla.py).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0"
+                           " --xla_llvm_disable_expensive_passes=true")
 
 import functools  # noqa: E402
 import json  # noqa: E402
