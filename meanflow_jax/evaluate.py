@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from meanflow_jax import objectives
 from meanflow_jax.data import images as image_data
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
@@ -132,7 +133,8 @@ class ImageEvaluation(NamedTuple):
 
 
 def sampler_name(objective, method):
-  return "meanflow" if objective == "meanflow" else f"fm-{method}"
+  """The sampler's name in result tables ("meanflow", "fm-euler", ...)."""
+  return objectives.get(objective).sampler_name(method)
 
 
 def _timed_samples(sampler, eps, nfe, labels, batch, progress, what):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax.training import inference, loop
+from meanflow_jax.training import builders, inference
 from meanflow_jax.training import train_state as ts
 
 
@@ -57,13 +57,13 @@ def train_step_flops(config, data_shape):
   abstract shapes, nothing run)."""
   model = ts.build_model(config)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
-  state = loop.abstract_state(config, model, tx, data_shape)
+  state = builders.abstract_state(config, model, tx, data_shape)
   b = config.train.batch_size
   batch = (jax.ShapeDtypeStruct((b, *data_shape), jnp.float32),
            jax.ShapeDtypeStruct((b,), jnp.int32))
   if config.data.source == "pairs":
     batch = batch + batch[:1]
-  step = loop.step_function(config, model, tx)
+  step = builders.step_function(config, model, tx)
   return _flops(jax.jit(step).lower(state, batch, jax.random.key(0)).compile())
 
 

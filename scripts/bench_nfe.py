@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from meanflow_jax import cli, evaluate, paths, plotting, training
+from meanflow_jax import cli, evaluate, objectives, paths, plotting, training
 from meanflow_jax.training import inference
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both runs.",
@@ -102,20 +102,19 @@ def main(argv):
   del argv
   toy = _CONFIG.value.data.source == "mixture"
   rows, panels = [], []
-  for objective in ("meanflow", "flow_matching"):
+  nfe_lists = {"meanflow": _MF_NFE.value, "flow_matching": _FM_NFE.value}
+  loss_p = {"flow_matching": _FM_LOSS_P.value}  # the objective's own weighting otherwise
+  for name in ("meanflow", "flow_matching"):
+    objective = objectives.get(name)
     config = _CONFIG.value.copy_and_resolve_references()
     with config.unlocked():
-      config.objective = objective
-      if objective == "flow_matching":
-        config.loss.p = _FM_LOSS_P.value
-    workdir = os.path.join(_WORKDIR.value, objective)
+      config.objective = name
+      config.loss.p = loss_p.get(name, config.loss.p)
+    workdir = os.path.join(_WORKDIR.value, name)
     training.train(config, workdir)
     train_s = evaluate.training_seconds(workdir)
-    if objective == "meanflow":
-      runs = [(None, [int(k) for k in _MF_NFE.value])]
-    else:
-      nfes = [int(k) for k in _FM_NFE.value]
-      runs = [("euler", nfes), ("heun", [k for k in nfes if k % 2 == 0])]
+    nfes = [int(k) for k in nfe_lists[name]]
+    runs = [(m, [k for k in nfes if objective.spends(k, m)]) for m in objective.methods]
     for method, nfes in runs:
       ev = _evaluate(workdir, nfes, method, toy)
       for r in ev.rows:

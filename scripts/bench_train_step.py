@@ -29,7 +29,7 @@ from configs import default, digits, toy
 from meanflow_jax import cli, models
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.evaluate import markdown_table
-from meanflow_jax.training import loop
+from meanflow_jax.training import builders
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import guidance_active
 
@@ -71,8 +71,8 @@ CASES = {  # name: (table label, config and one example's shape)
 
 
 def _compile(config, model, tx, objective, state, batch, key):
-  """(executable, XLA's FLOPs) of the step, compiled as `training.loop` does."""
-  step = functools.partial(loop.step_function(config, model, tx), objective=objective)
+  """(executable, XLA's FLOPs) of the step, compiled as training does."""
+  step = functools.partial(builders.step_function(config, model, tx), objective=objective)
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch, key).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

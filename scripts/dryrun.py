@@ -26,7 +26,6 @@ def _fake_devices_from_argv():
 
 _fake_devices_from_argv()
 
-import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -35,10 +34,9 @@ import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from meanflow_jax import cli, models  # noqa: E402
+from meanflow_jax import cli, models, priors  # noqa: E402
 from meanflow_jax.errors import ConfigError  # noqa: E402
-from meanflow_jax.training import loop, sharding, train_state as ts  # noqa: E402
-from meanflow_jax.training.train_step import train_step  # noqa: E402
+from meanflow_jax.training import builders, sharding, train_state as ts  # noqa: E402
 from meanflow_jax.training.validate import check_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config to compile.", lock_config=True)
@@ -55,18 +53,17 @@ def compile_step(config, objective, data_shape, batch, mesh):
   """(compiled executable, compile seconds) of the step, from shapes alone."""
   model = ts.build_model(config)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
-  state_sh, batch_sh = loop.plan_shardings(config, model, tx, data_shape, mesh)
-  state = loop.abstract_state(config, model, tx, data_shape, state_sh)
+  state_sh, batch_sh = builders.plan_shardings(config, model, tx, data_shape, mesh)
+  state = builders.abstract_state(config, model, tx, data_shape, state_sh)
   x = jax.ShapeDtypeStruct((batch, *data_shape), jnp.float32, sharding=batch_sh[0])
   y = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sh[1])
-  step = functools.partial(
-      train_step, apply_fn=model.apply, tx=tx, objective=objective, time_cfg=config.time,
-      loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes)
-  replicated = sharding.replicated(mesh)
-  lowered = jax.jit(step, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
-                    out_shardings=(state_sh, replicated)).lower(state, (x, y),
-                                                               jax.random.key(0))
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.objective = objective
+  # The step training compiles, prior included; pairing with data needs no fitted
+  # statistics (those are for sampling from a low-frequency prior).
+  lowered = builders.jit_step(config, model, tx, priors.from_config(config), mesh, state_sh,
+                              batch_sh).lower(state, (x, y), jax.random.key(0))
   start = time.perf_counter()
   compiled = lowered.compile()
   return compiled, time.perf_counter() - start
@@ -101,7 +98,7 @@ def main(argv):
   elif config.data.path == "(not read)":
     raise ConfigError(f"data.source {config.data.source!r}: give --data_shape (e.g. 32,32,4).")
   else:
-    data_shape = tuple(loop.make_source(config).shape)
+    data_shape = tuple(builders.make_source(config).shape)
   batch = _BATCH.value or config.train.batch_size
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   if batch % mesh.size:

@@ -26,7 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from meanflow_jax import cli, evaluate, plotting, priors, training
+from meanflow_jax import cli, evaluate, objectives, plotting, priors, training
 from meanflow_jax.metrics import straightness
 from meanflow_jax.training import inference, loop
 
@@ -52,8 +52,7 @@ def run_config(base, prior, coupling, objective):
   c = base.copy_and_resolve_references()
   with c.unlocked():
     c.prior.name, c.prior.coupling, c.objective = prior, coupling, objective
-    if objective == "flow_matching":
-      c.loss.p = _FM_LOSS_P.value
+    c.loss.p = {"flow_matching": _FM_LOSS_P.value}.get(objective, c.loss.p)
   return c
 
 
@@ -103,7 +102,7 @@ def _curvature_bars(rows, path):
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
   for ax, key in zip(axes, ["curvature", "straightness"]):
     ax.bar(range(len(runs)), [r[key] for r in runs.values()],
-           color=["C0" if o == "meanflow" else "C1" for _, _, o in runs])
+           color=[f"C{objectives.names().index(o)}" for _, _, o in runs])
     ax.set_xticks(range(len(runs)), names, fontsize=7)
     ax.set_title(f"{key} of the learned v (blue: MeanFlow, orange: flow matching)", fontsize=9)
   fig.tight_layout()
@@ -115,6 +114,8 @@ def main(argv):
   del argv
   base = _CONFIG.value
   rows, grids, floor = [], [], {}
+  for o in _OBJECTIVES.value:
+    objectives.get(o)  # unknown: one line listing the registered ones
   jobs = [(v.split(":")[0], v.split(":")[1], o) for v in _VARIANTS.value
           for o in _OBJECTIVES.value]
   for prior, coupling, objective in tqdm(jobs, desc="runs", unit="run"):
@@ -124,7 +125,7 @@ def main(argv):
     paths_report = trajectory_stats(workdir, _NUM_PATHS.value, _PATH_STEPS.value,
                                     config.model.num_classes)
     pairs = pair_sq_dist(config)
-    nfes = [int(k) for k in (_MF_NFE.value if objective == "meanflow" else _FM_NFE.value)]
+    nfes = [int(k) for k in {"meanflow": _MF_NFE.value, "flow_matching": _FM_NFE.value}[objective]]
     ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value, method="euler",
                                   progress=True)
     floor = ev.floor

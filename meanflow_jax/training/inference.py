@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from meanflow_jax import priors, sampling
+from meanflow_jax import objectives, priors, sampling
 from meanflow_jax.data import points
 from meanflow_jax.errors import CheckpointMismatchError, ConfigError, RunNotFoundError
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import loop, sharding
+from meanflow_jax.training import builders, sharding
 from meanflow_jax.training import train_state as ts
 
 
@@ -70,7 +70,7 @@ def load_run(workdir, params=None, step=None, ema=None):
   def target(saved, meta):
     config = ml_collections.ConfigDict(saved)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
-    return loop.abstract_state(config, ts.build_model(config), tx, meta["data_shape"])
+    return builders.abstract_state(config, ts.build_model(config), tx, meta["data_shape"])
 
   found = _restore(workdir, step, target)
   step, state, meta = found.step, found.state, found.meta
@@ -89,7 +89,7 @@ def load_run(workdir, params=None, step=None, ema=None):
            if config.prior.name == "lowfreq" else None)
   data_stats = points.stats_from_json(meta.get("data_stats"))  # absent before standardisation
   if (data_stats is not None) != bool(config.data.standardize
-                                      and config.data.source in loop.VECTOR_SOURCES):
+                                      and config.data.source in builders.VECTOR_SOURCES):
     raise CheckpointMismatchError(
         f"{workdir}: checkpoint {step} has data.standardize = {config.data.standardize} "
         f"({config.data.source}) but {'' if data_stats else 'no '}standardisation statistics "
@@ -99,14 +99,11 @@ def load_run(workdir, params=None, step=None, ema=None):
 
 
 def draw(objective, model, method, params, eps, nfe, y):
-  """Samples from noise `eps` with `nfe` network evaluations: MeanFlow jumps, or
-  flow matching by Euler (`nfe` steps) or Heun (`nfe // 2` steps). Pure; unchecked."""
-  if objective == "meanflow":
-    return sampling.meanflow_sample(lambda z, r, t: model.apply(params, z, r, t, y), eps, nfe)
-  v_fn = lambda z, t: model.apply(params, z, t, t, y)
-  if method == "heun":
-    return sampling.flow_matching_sample(v_fn, eps, nfe // 2, "heun")
-  return sampling.flow_matching_sample(v_fn, eps, nfe, "euler")
+  """Samples from noise `eps` with `nfe` network evaluations by the registered
+  `objective`'s generation steps (MeanFlow jumps; flow matching by Euler, `nfe` steps,
+  or Heun, `nfe // 2`). Pure; unchecked."""
+  net = lambda z, r, t: model.apply(params, z, r, t, y)
+  return objectives.get(objective).generate(net, eps, nfe, method)
 
 
 def make_sampler(config, model, params, method=None, devices=None, data_stats=None):
@@ -130,6 +127,7 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
   method = method or config.sample.method
   if method not in sampling.METHODS:
     raise ConfigError(f"method must be one of {sampling.METHODS}; got {method!r}.")
+  objective = objectives.get(config.objective)
 
   k = int(config.model.num_classes)
   mesh = sharding.make_mesh(-1, 1, devices=devices or jax.local_devices())
@@ -158,10 +156,7 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
                           f"{np.asarray(y)[bad][:5].tolist()}.")
     else:
       y = None
-    if nfe < 1:
-      raise ConfigError(f"nfe must be >= 1; got {nfe}.")
-    if config.objective == "flow_matching" and method == "heun" and nfe % 2:
-      raise ConfigError(f"Heun takes 2 evaluations a step: nfe must be even, got {nfe}.")
+    objective.check_nfe(nfe, method)
     b = eps.shape[0]
     eps = jnp.asarray(eps)
     out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b))[:b]

@@ -1,7 +1,6 @@
 """The training loop: data, compiled step, logging, checkpoints, exact resume."""
 import contextlib
 import errno
-import functools
 import json
 import os
 import signal
@@ -13,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax import plotting, priors
-from meanflow_jax.data import PointSource, images, pairs, points
+from meanflow_jax import objectives, plotting, priors
+from meanflow_jax.data import points
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  MeanFlowError, NonFiniteError, WorkdirLockedError,
                                  WorkdirWriteError)
@@ -22,95 +21,13 @@ from meanflow_jax.training import checkpoint as ckpt_lib
 from meanflow_jax.training import distributed, inference, sharding, validate
 from meanflow_jax.training import lock as lock_lib
 from meanflow_jax.training import train_state as ts
+# Re-exported: the loop's builders were defined here before builders.py.
+from meanflow_jax.training.builders import (VECTOR_SOURCES, abstract_state,  # noqa: F401
+                                            data_stats, init_fn, jit_step, make_prior,
+                                            make_source, plan_shardings, run_keys,
+                                            step_function)
 from meanflow_jax.training.summary import SummaryWriter
-from meanflow_jax.training.train_step import train_step
 from meanflow_jax.training.validate import check_config
-
-
-def run_keys(seed):
-  """(init, steps, data) keys of a run: each use of randomness has its own key."""
-  key_init, key_steps, key_data = jax.random.split(jax.random.key(seed), 3)
-  return key_init, key_steps, key_data
-
-
-VECTOR_SOURCES = ("mixture", "points")
-
-
-class _Points:
-  """A `PointSource` seen as a source of (x, y) batches with unused labels; `stats` is the
-  source's `points.Standardization` (None: the run trains on the data as they are)."""
-  num_classes = 0
-
-  def __init__(self, source):
-    self.source = source
-    self.shape = (source.dim,)
-    self.stats = source.stats
-
-  def batch(self, step, shard=(0, 1)):
-    """Rows `i*B/n : (i+1)*B/n` of the batch of `step` for `shard=(i, n)`
-    (the toy data is cheap, so each process draws the whole batch)."""
-    x = np.asarray(self.source.batch(step))
-    i, n = shard
-    x = x[i * len(x) // n:(i + 1) * len(x) // n]
-    return x, np.zeros((x.shape[0],), np.int32)
-
-
-def make_source(config):
-  """The run's data: `.batch(step) -> (x [B, ...], y int [B])`, `.shape`, `.num_classes`.
-
-  Raises DataError for data that cannot be used, ConfigError for a model whose
-  classes do not fit the data's labels.
-  """
-  d = config.data
-  if d.source == "pairs":
-    x, eps, labels, k = pairs.load_pairs(d.path)
-    source = pairs.PairSource(x, eps, labels, k, batch_size=config.train.batch_size,
-                              seed=config.seed)
-  elif d.source in VECTOR_SOURCES:
-    if d.source == "points" and not d.path:
-      raise ConfigError("data.source = 'points' needs data.path (a .npy [N, D] array).")
-    source = _Points(PointSource(batch_size=config.train.batch_size, key=run_keys(config.seed)[2],
-                                 path=d.path if d.source == "points" else "",
-                                 mixture_name=d.mixture,
-                                 mixture_params=dict(dim=d.mixture_dim,
-                                                     separation=d.mixture_separation,
-                                                     std=d.mixture_std),
-                                 standardize=d.standardize))
-  else:
-    source = images.make_image_source(d.source, path=d.path, batch_size=config.train.batch_size,
-                                      seed=config.seed, flip=d.flip, latent_scale=d.latent_scale)
-  k = config.model.num_classes
-  if k and not source.num_classes:
-    raise ConfigError(f"model.num_classes = {k} asks for a class-conditional model, but the "
-                      f"{d.source!r} data has no labels; set model.num_classes = 0.")
-  if k and source.num_classes > k:
-    raise ConfigError(f"the {d.source!r} data has {source.num_classes} classes; model.num_classes "
-                      f"= {k} is too few.")
-  return source
-
-
-def _init_fn(config, model, tx, data_shape, unbox=True):
-  example = jnp.zeros((1, *data_shape), jnp.float32)
-  return functools.partial(ts.init_state, model=model, tx=tx, example_x=example,
-                           num_ema=len(config.train.ema_decays), unbox=unbox)
-
-
-def abstract_state(config, model, tx, data_shape, shardings=None):
-  """The state's shapes and dtypes (and `shardings`, if given), computed without
-  allocating it: the target Orbax restores into."""
-  shapes = jax.eval_shape(_init_fn(config, model, tx, data_shape), jax.random.key(0))
-  if shardings is None:
-    return shapes
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
-
-
-def plan_shardings(config, model, tx, data_shape, mesh):
-  """(state shardings, batch shardings) on `mesh`, from shapes alone."""
-  boxed = jax.eval_shape(_init_fn(config, model, tx, data_shape, unbox=False),
-                         jax.random.key(0))
-  batch = sharding.batch_sharding(mesh)
-  return sharding.state_shardings(boxed, mesh), (batch, batch)
 
 
 def _truncate_metrics(path, last_step):
@@ -206,28 +123,6 @@ def _write_error(error, workdir):
 PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
 
 
-def step_function(config, model, tx, prior=None):
-  """The pure `train_step` of `config`: `(state, batch, key) -> (state, metrics)`."""
-  return functools.partial(
-      train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
-      time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes, prior=prior)
-
-
-def make_prior(config, source):
-  """The run's `priors.Prior`; the low-frequency prior is fitted on the training stream.
-
-  Raises ConfigError for a prior that does not fit the data.
-  """
-  priors.check_prior_config(config, source.shape)
-  if config.data.source == "pairs" and (config.prior.name, config.prior.coupling) != (
-      "gaussian", "independent"):
-    raise ConfigError("data.source = 'pairs' trains on the file's own (x, eps) pairing; keep "
-                      "prior.name = 'gaussian' and prior.coupling = 'independent'.")
-  stats = priors.fit_from_source(config, source) if config.prior.name == "lowfreq" else None
-  return priors.from_config(config, stats)
-
-
 def _preview_inputs(config, source, prior):
   """(noise [M, ...], labels [M] or None) of the sample grids written during training:
   the same noise at every interval, so the grids show one model changing."""
@@ -239,19 +134,14 @@ def _preview_inputs(config, source, prior):
   return prior.sample(key, m, source.shape, y), y
 
 
-def data_stats(source):
-  """The `points.Standardization` a run's data are trained in, or None (data as they are:
-  images, pairs, vectors with data.standardize = False)."""
-  return source.stats if isinstance(source, _Points) else None
-
-
 def _make_preview(config, model, source, mesh, prior):
   """`preview(params) -> samples [M, ...]` (numpy, on every process, in data space) at
   train.sample_nfe."""
-  nfe = config.train.sample_nfe or (1 if config.objective == "meanflow" else 16)
+  objective = objectives.get(config.objective)
+  nfe = config.train.sample_nfe or objective.default_nfe
   eps, y = _preview_inputs(config, source, prior)
   method = config.sample.method
-  evaluations = max(2, nfe) if method == "heun" else nfe  # Heun: at least one step
+  evaluations = objective.preview_nfe(nfe, method)  # e.g. Heun: at least one whole step
   # Replicated output: every process holds the samples; process 0 draws them.
   jitted = jax.jit(lambda params: inference.draw(config.objective, model, method, params, eps,
                                                  evaluations, y),
@@ -451,7 +341,7 @@ def _train(config, workdir, allow_changes, cleanup):
                                                       state_sh),
       check=check_resume, out_sharding=replicated)
   if found is None:
-    state = jax.jit(_init_fn(config, model, tx, source.shape),
+    state = jax.jit(init_fn(config, model, tx, source.shape),
                     out_shardings=state_sh)(key_init)
     if config.train.init_from:
       state = _init_from(config, state, state_sh, meta)
@@ -474,10 +364,8 @@ def _train(config, workdir, allow_changes, cleanup):
     _truncate_metrics(metrics_path, start)
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=main)
 
-  step_fn = step_function(config, model, tx, prior)
   # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
-  compiled = jax.jit(step_fn, donate_argnums=0, in_shardings=(state_sh, batch_sh, replicated),
-                     out_shardings=(state_sh, replicated)).lower(
+  compiled = jit_step(config, model, tx, prior, mesh, state_sh, batch_sh).lower(
       state, load(start), key_steps).compile()
   sample_every = config.train.sample_every
   preview, preview_nfe = (_make_preview(config, model, source, mesh, prior) if sample_every

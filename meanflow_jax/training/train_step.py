@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from meanflow_jax import objectives, paths, timesteps
+from meanflow_jax import objectives, paths
 from meanflow_jax.errors import ConfigError
 
 
@@ -39,6 +39,8 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
                guidance_cfg=None, num_classes=0, prior=None):
   """state, batch (x `[B, ...]`, y int `[B]`[, eps `[B, ...]`]), base key -> (new state, metrics).
 
+  `objective` is a registered name (`objectives.names()`): its times and its loss.
+
   The source sample paired with each x is `prior.couple(key, x)` (`priors.Prior`;
   None: independent N(0, I) noise), or the batch's own eps when it carries one
   (reflow pairs).
@@ -66,16 +68,9 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
     eps = prior.couple(key_eps, x)
   rngs = {"dropout": key_dropout}
 
-  if objective == "meanflow":
-    t, r = timesteps.sample_t_r(key_time, b, distribution=time_cfg.distribution,
-                                mu=time_cfg.mu, sigma=time_cfg.sigma,
-                                ratio_r_neq_t=time_cfg.ratio_r_neq_t)
-  elif objective == "flow_matching":
-    t = timesteps.sample_t(key_time, b, distribution=time_cfg.distribution,
-                           mu=time_cfg.mu, sigma=time_cfg.sigma)
-    r = t
-  else:
-    raise ConfigError(f"unknown objective {objective!r}; use 'meanflow' or 'flow_matching'.")
+  # An unknown name is a ConfigError listing the registered objectives.
+  obj = objectives.get(objective)
+  t, r = obj.sample_times(key_time, b, time_cfg)
 
   v = None
   if num_classes:
@@ -91,14 +86,9 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   else:
     y_in = None
 
-  if objective == "meanflow":
-    def loss_fn(params):
-      u_fn = lambda z, r, t: apply_fn(params, z, r, t, y_in, train=True, rngs=rngs)
-      return objectives.meanflow_loss(u_fn, x, eps, t=t, r=r, v=v, p=loss_cfg.p, c=loss_cfg.c)
-  else:
-    def loss_fn(params):
-      v_fn = lambda z, t: apply_fn(params, z, t, t, y_in, train=True, rngs=rngs)
-      return objectives.flow_matching_loss(v_fn, x, eps, t=t, v=v, p=loss_cfg.p, c=loss_cfg.c)
+  def loss_fn(params):
+    net = lambda z, r, t: apply_fn(params, z, r, t, y_in, train=True, rngs=rngs)
+    return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)

@@ -10,11 +10,10 @@ Three kinds of check, each from one table:
 import math
 from typing import Callable, NamedTuple
 
-from meanflow_jax import models, priors, sampling, timesteps
+from meanflow_jax import models, objectives, priors, sampling, timesteps
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.training.train_step import guidance_active
 
-OBJECTIVES = ("meanflow", "flow_matching")
 SOURCES = ("mixture", "points", "pairs", "digits", "mnist", "array", "folder", "cifar10", "latents")
 IMAGE_SOURCES = ("digits", "mnist", "array", "folder", "cifar10", "latents")
 # Sources that need a file or directory in data.path (cifar10 reads it too, optionally:
@@ -125,6 +124,12 @@ def check_ranges(c):
 # ----------------------------------------------------------------------------- reads
 
 
+def _objective_reads(c, key):
+  """Whether the run's objective reads `key` (`Objective.reads`); an unknown objective is
+  refused by `check_config` first."""
+  return c.objective in objectives.names() and key in objectives.get(c.objective).reads
+
+
 class ReadWhen(NamedTuple):
   """The keys (or whole sections) `keys` are read only when `test(config)` holds.
 
@@ -198,7 +203,8 @@ READ_WHEN = (
              "time.distribution = 'logit_normal'",
              "set --config.time.distribution=logit_normal, or leave time.mu and time.sigma "
              "at their defaults"),
-    ReadWhen(("time.ratio_r_neq_t",), ("objective",), lambda c: c.objective == "meanflow",
+    ReadWhen(("time.ratio_r_neq_t",), ("objective",),
+             lambda c: _objective_reads(c, "time.ratio_r_neq_t"),
              "objective = 'meanflow' (flow matching has r = t)",
              "leave time.ratio_r_neq_t at its default"),
     ReadWhen(("loss.c",), ("loss.p",), lambda c: c.loss.p != 0,
@@ -210,7 +216,7 @@ READ_WHEN = (
     ReadWhen(("train.sample_nfe",), ("train.sample_every",), lambda c: c.train.sample_every > 0,
              "train.sample_every > 0 (sample grids during training)",
              "set train.sample_every, or leave train.sample_nfe at 0"),
-    ReadWhen(("sample.method",), ("objective",), lambda c: c.objective == "flow_matching",
+    ReadWhen(("sample.method",), ("objective",), lambda c: _objective_reads(c, "sample.method"),
              "objective = 'flow_matching' (MeanFlow samples by its own jumps)",
              "leave sample.method at its default"),
     ReadWhen(("sample.num_plot",), ("data.source",),
@@ -283,7 +289,7 @@ def check_config(c, defaults=None, overrides=None):
       run does not read are errors too (`check_reads`).
     overrides: the keys the command line set (see `check_reads`); None: unknown.
   """
-  _one_of("objective", c.objective, OBJECTIVES)
+  objectives.get(c.objective)  # unknown: ConfigError listing the registered ones
   priors.check_prior_config(c)
   _one_of("model.name", c.model.name, models.available())
   if c.model.variant:
