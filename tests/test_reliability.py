@@ -16,7 +16,7 @@ import pytest
 from configs import toy
 from meanflow_jax import training
 from meanflow_jax.errors import MeanFlowError, NonFiniteError
-from meanflow_jax.training import inference, loop
+from meanflow_jax.training import builders, inference, loop
 from tests.test_training import _leaves, override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -286,14 +286,14 @@ def test_checksums_equal_a_numpy_reference_and_see_one_flipped_bit():
 def _poison(monkeypatch, field, from_step):
   """Makes `field` ("params" or "ema_params") of the state NaN from update `from_step` on,
   while that update's loss and gradient stay finite."""
-  real = loop.train_step
+  real = builders.train_step
 
   def poisoned(state, *args, **kwargs):
     new, metrics = real(state, *args, **kwargs)
     nan = jnp.where(new.step >= from_step, jnp.nan, 0.0)
     return new.replace(**{field: jax.tree.map(lambda p: p + nan, getattr(new, field))}), metrics
 
-  monkeypatch.setattr(loop, "train_step", poisoned)
+  monkeypatch.setattr(builders, "train_step", poisoned)
 
 
 def test_non_finite_parameters_of_the_first_update_are_not_saved(tmp_path, monkeypatch):

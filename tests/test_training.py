@@ -13,7 +13,7 @@ from configs import default
 from meanflow_jax import sampling, training
 from meanflow_jax.data import PointSource
 from meanflow_jax.errors import CheckpointMismatchError, ConfigError, Interrupted, NonFiniteError
-from meanflow_jax.training import loop
+from meanflow_jax.training import builders, loop
 from meanflow_jax.training.train_state import init_state
 from tests.helpers import xla
 
@@ -317,13 +317,13 @@ def test_configs_saved_before_image_support_are_upgraded():
 def test_the_step_is_traced_once_over_a_run(tmp_path, monkeypatch):
   """Compiled once ahead of time: 40 steps with logs and checkpoints trace it once."""
   traces = []
-  real = loop.train_step
+  real = builders.train_step
 
   def counted(*args, **kwargs):
     traces.append(1)
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(loop, "train_step", counted)
+  monkeypatch.setattr(builders, "train_step", counted)
   training.train(tiny_config(), str(tmp_path))
   assert len(traces) == 1
 
