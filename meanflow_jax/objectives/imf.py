@@ -1,0 +1,128 @@
+"""Improved MeanFlow (iMF; Geng et al., arXiv 2512.02012) as pure functions, in this
+project's conventions (t = 0 data, t = 1 noise, z_t = (1-t) x + t eps, v_t = eps - x).
+
+The network has two heads, `(u, v) = net(z, r, t)`: u the average velocity, v an
+auxiliary instantaneous velocity. iMF regresses the *compound* velocity
+
+    V = u + (t - r) sg(du/dt),   du/dt from one `jax.jvp` with tangents (v_c, 0, 1),
+
+on the guided velocity v~ (the tangent for z is the network's own guided velocity v_c,
+not eps - x), and the v head on the same v~. At the exact fields V = v by the MeanFlow
+identity u = v - (t - r) du/dt, so the loss is a plain regression on v. Guidance is a
+condition of the network: omega and the interval [t_min, t_max] are drawn per sample at
+training time and chosen freely at sampling time.
+
+These pieces are registered as an objective once the networks take the guidance
+conditions and return both heads.
+"""
+import jax
+import jax.numpy as jnp
+
+from meanflow_jax import paths
+
+
+def compound_velocity(net, z, r, t, v_c):
+  """(V, u, v) of iMF's reparameterised v-loss, from one `jax.jvp` of the network.
+
+  Args:
+    net: `net(z [B, ...], r [B], t [B]) -> (u, v)`, both like z (conditions bound).
+    z: z_t `[B, ...]`; r, t: times `[B]`, r <= t.
+    v_c: the tangent for z, the guided velocity `[B, ...]` (stop-gradient is applied).
+
+  Returns:
+    V = u + (t - r) sg(du/dt), u and the v head, each like z. Gradients flow through u
+    (in V) and v.
+  """
+  if v_c.shape != z.shape:
+    raise ValueError(f"v_c must have the shape of z {tuple(z.shape)}; got {tuple(v_c.shape)}.")
+  tangents = (jax.lax.stop_gradient(v_c), jnp.zeros_like(r), jnp.ones_like(t))
+  (u, v), (du_dt, _) = jax.jvp(net, (z, r, t), tangents)
+  V = u + paths.expand_time(t - r, z) * jax.lax.stop_gradient(du_dt)
+  return V, u, v
+
+
+def robust_weighted_error(pred, target, p, c):
+  """w(e) = e / sg(e + c)^p per sample, e = ||pred - target||^2 over all non-batch dims:
+  `[B, ...] -> [B]`. Its gradient is de / (e + c)^p (p = 0: plain squared error)."""
+  e = jnp.sum(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)
+  return e / jax.lax.stop_gradient(e + c) ** p
+
+
+def guided_velocity(v_t, v_c, v_u, omega, t, t_min, t_max, is_null=None):
+  """v~ = v_t + (1 - 1/omega') (v_c - v_u), omega' = omega inside [t_min, t_max], else 1.
+
+  Args:
+    v_t: conditional velocity eps - x `[B, ...]`.
+    v_c, v_u: the v head at (z_t | y, omega', h = 0) and (z_t | null, omega = 1, h = 0).
+    omega, t, t_min, t_max: `[B]`.
+    is_null: optional bool `[B]`: dropped labels keep v~ = v_t.
+
+  Returns:
+    v~ `[B, ...]` with a stop-gradient.
+  """
+  scale = 1.0 - 1.0 / effective_omega(omega, t, t_min, t_max)
+  if is_null is not None:
+    scale = jnp.where(is_null, 0.0, scale)
+  out = v_t + paths.expand_time(scale, v_t) * (v_c - v_u)
+  return jax.lax.stop_gradient(out)
+
+
+def effective_omega(omega, t, t_min, t_max):
+  """omega' = omega for t in [t_min, t_max], else 1: `[B]`."""
+  return jnp.where((t >= t_min) & (t <= t_max), omega, 1.0)
+
+
+def sample_omega(key, batch_size, s_max=7.0, beta=1.0):
+  """Per-sample guidance scales with density proportional to omega^(-beta) on
+  [1, 1 + s_max] (beta = 1: log-uniform, omega = (1 + s_max)^U), by the inverse CDF.
+  Sample i from `fold_in(key, i)`: `[B]` float32."""
+  if s_max < 0:
+    raise ValueError(f"s_max must be >= 0; got {s_max}.")
+  top = 1.0 + s_max
+  u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(jnp.arange(batch_size))
+  if beta == 1.0:
+    return top ** u
+  a = 1.0 - beta
+  return (1.0 + u * (top ** a - 1.0)) ** (1.0 / a)
+
+
+def sample_interval(key, batch_size, r=None, t=None):
+  """Per-sample guidance intervals: t_min ~ U(0, 0.5), t_max ~ U(0.5, 1); samples with
+  r = t (when r and t are given) get [0, 1]. Sample i from `fold_in(key, i)`.
+
+  Returns:
+    (t_min `[B]`, t_max `[B]`).
+  """
+  def one(i):
+    k_lo, k_hi = jax.random.split(jax.random.fold_in(key, i))
+    return 0.5 * jax.random.uniform(k_lo), 0.5 + 0.5 * jax.random.uniform(k_hi)
+
+  t_min, t_max = jax.vmap(one)(jnp.arange(batch_size))
+  if r is not None and t is not None:
+    same = r == t
+    t_min, t_max = jnp.where(same, 0.0, t_min), jnp.where(same, 1.0, t_max)
+  return t_min, t_max
+
+
+def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01):
+  """iMF loss  mean_b [ w(||V - sg(v~)||^2) + w(||v - sg(v~)||^2) ],  w(e) = e / sg(e + c)^p.
+
+  Args:
+    net: `net(z, r, t) -> (u, v)` (label and guidance conditions bound).
+    x, eps: data and noise `[B, ...]`; r, t: `[B]`.
+    v_c: the JVP's tangent for z, the network's guided velocity `[B, ...]`.
+    v_tilde: the regression target v~ `[B, ...]` (`guided_velocity`).
+    p, c: the adaptive weight (the paper: p = 1, c = 0.01).
+
+  Returns:
+    (loss, metrics with "u_loss" (the V term), "v_loss", "mse" of V per element).
+  """
+  z = paths.interpolate(x, eps, t)
+  V, _, v = compound_velocity(net, z, r, t, v_c)
+  target = jax.lax.stop_gradient(v_tilde)
+  u_term = robust_weighted_error(V, target, p, c)
+  v_term = robust_weighted_error(v, target, p, c)
+  metrics = {"u_loss": jnp.mean(u_term), "v_loss": jnp.mean(v_term),
+             "mse": jnp.mean(jnp.square(V - target)),
+             "frac_r_neq_t": jnp.mean((r != t).astype(jnp.float32))}
+  return jnp.mean(u_term + v_term), metrics

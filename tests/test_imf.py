@@ -1,0 +1,116 @@
+"""Improved MeanFlow's pure pieces against exact fields and independent computations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from meanflow_jax import analytic, paths
+from meanflow_jax.objectives import imf
+
+GAUSS = analytic.Gaussian(mean=jnp.array([1.5, -0.5, 0.25]), std=0.4)
+
+
+def _batch(key, b=256, d=3):
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  x = GAUSS.sample(k1, b)
+  eps = jax.random.normal(k2, (b, d))
+  a, c = jax.random.uniform(k3, (b,)), jax.random.uniform(k4, (b,))
+  return x, eps, jnp.maximum(a, c), jnp.minimum(a, c)
+
+
+def _exact_net(z, r, t):
+  return GAUSS.average_velocity(z, r, t), GAUSS.velocity(z, t)
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def test_compound_velocity_is_the_exact_v_with_the_exact_tangent():
+  """At the exact Gaussian fields, V = u + (t - r) du/dt along (v, 0, 1) equals v: the
+  MeanFlow identity. The tangent eps - x of MeanFlow's target breaks it."""
+  x, eps, t, r = _batch(jax.random.key(0))
+  z = paths.interpolate(x, eps, t)
+  v = GAUSS.velocity(z, t)
+  V, u, v_head = jax.jit(lambda z, r, t, vc: imf.compound_velocity(_exact_net, z, r, t, vc))(
+      z, r, t, v)
+  np.testing.assert_allclose(V, v, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(v_head, v, rtol=1e-5, atol=1e-6)  # jitted against eager
+  assert _rel(u, v) > 0.05  # u itself is not v: the identity does the work
+  wrong, _, _ = imf.compound_velocity(_exact_net, z, r, t, eps - x)
+  assert _rel(wrong, v) > 0.05
+
+
+def test_loss_vanishes_at_the_exact_fields_and_not_for_a_wrong_target():
+  x, eps, t, r = _batch(jax.random.key(1))
+  z = paths.interpolate(x, eps, t)
+  v = GAUSS.velocity(z, t)
+  loss, m = imf.imf_loss(_exact_net, x, eps, r=r, t=t, v_c=v, v_tilde=v, p=0.0)
+  assert float(loss) < 1e-8 and float(m["v_loss"]) < 1e-10
+  assert float(m["frac_r_neq_t"]) == pytest.approx(float(jnp.mean(r != t)))
+  bad, m_bad = imf.imf_loss(_exact_net, x, eps, r=r, t=t, v_c=v, v_tilde=eps - x, p=0.0)
+  # Regressing on v_t = eps - x leaves the conditional variance: E||v_t - v||^2 per term.
+  expected = 2 * float(jnp.mean(jnp.sum(jnp.square(eps - x - v), -1)))
+  assert float(bad) == pytest.approx(expected, rel=1e-3)
+
+
+def test_robust_weight_scales_the_gradient_only():
+  pred = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+  target = jnp.zeros((2, 2))
+  e = jnp.sum(pred ** 2, -1)
+  for p, c in ((1.0, 0.01), (0.5, 0.1), (0.0, 0.01)):
+    w = imf.robust_weighted_error(pred, target, p, c)
+    np.testing.assert_allclose(w, e / (e + c) ** p, rtol=1e-6)
+    grad = jax.grad(lambda q: jnp.sum(imf.robust_weighted_error(q, target, p, c)))(pred)
+    np.testing.assert_allclose(grad, 2 * pred / ((e + c) ** p)[:, None], rtol=1e-6)
+
+
+def test_guided_velocity_per_sample():
+  """v~ = v_t + (1 - 1/omega')(v_c - v_u), by hand for each case."""
+  v_t = jnp.full((5, 2), 1.0)
+  v_c = jnp.full((5, 2), 3.0)
+  v_u = jnp.full((5, 2), 2.0)
+  omega = jnp.array([4.0, 4.0, 4.0, 1.0, 2.0])
+  t = jnp.array([0.5, 0.9, 0.5, 0.5, 0.3])
+  t_min = jnp.array([0.2, 0.2, 0.2, 0.0, 0.3])
+  t_max = jnp.array([0.8, 0.8, 0.8, 1.0, 0.3])
+  is_null = jnp.array([False, False, True, False, False])
+  got = imf.guided_velocity(v_t, v_c, v_u, omega, t, t_min, t_max, is_null)
+  # inside: 1 + 0.75; outside the interval: v_t; dropped label: v_t; omega 1: v_t;
+  # t on both ends of a closed interval: inside, 1 + 0.5.
+  np.testing.assert_allclose(got[:, 0], [1.75, 1.0, 1.0, 1.0, 1.5], rtol=1e-6)
+  np.testing.assert_allclose(imf.effective_omega(omega, t, t_min, t_max), [4, 1, 4, 1, 2])
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 0.5])
+def test_omega_follows_the_power_law(beta):
+  s_max, n = 7.0, 20_000
+  omega = np.asarray(imf.sample_omega(jax.random.key(2), n, s_max, beta), np.float64)
+  assert omega.min() >= 1.0 and omega.max() <= 1.0 + s_max
+
+  def cdf(w, b=beta):
+    if b == 1.0:
+      return np.log(w) / np.log(1 + s_max)
+    a = 1.0 - b
+    return (w ** a - 1.0) / ((1 + s_max) ** a - 1.0)
+
+  assert stats.kstest(omega, cdf).pvalue > 1e-3
+  other = 2.0 if beta != 2.0 else 1.0
+  assert stats.kstest(omega, lambda w: cdf(w, other)).pvalue < 1e-6  # the test can fail
+
+
+def test_interval_law_and_flow_matching_samples():
+  n = 20_000
+  t_min, t_max = map(np.asarray, imf.sample_interval(jax.random.key(3), n))
+  assert stats.kstest(2 * t_min, "uniform").pvalue > 1e-3
+  assert stats.kstest(2 * t_max - 1, "uniform").pvalue > 1e-3
+  assert stats.kstest(2 * t_min, lambda q: q ** 2).pvalue < 1e-6
+  t = jnp.full((4,), 0.7)
+  r = jnp.array([0.7, 0.2, 0.7, 0.1])
+  lo, hi = imf.sample_interval(jax.random.key(3), 4, r=r, t=t)
+  np.testing.assert_array_equal(np.asarray(lo)[[0, 2]], 0.0)
+  np.testing.assert_array_equal(np.asarray(hi)[[0, 2]], 1.0)
+  assert (np.asarray(lo)[[1, 3]] < 0.5).all() and (np.asarray(hi)[[1, 3]] > 0.5).all()
+  # Per sample: the first 4 of a batch of n are the batch of 4.
+  np.testing.assert_array_equal(t_min[:4][[1, 3]], np.asarray(lo)[[1, 3]])
