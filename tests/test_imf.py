@@ -114,3 +114,46 @@ def test_interval_law_and_flow_matching_samples():
   assert (np.asarray(lo)[[1, 3]] < 0.5).all() and (np.asarray(hi)[[1, 3]] > 0.5).all()
   # Per sample: the first 4 of a batch of n are the batch of 4.
   np.testing.assert_array_equal(t_min[:4][[1, 3]], np.asarray(lo)[[1, 3]])
+
+
+def _stub_net(z, r, t, cond):
+  """A network whose v head depends on every condition, so any mix-up shows."""
+  scale = (1.0 + cond["y"].astype(z.dtype)) * (1.0 - 1.0 / cond["omega"])
+  shift = 10.0 * cond["t_min"] + 100.0 * cond["t_max"] + 1000.0 * (t - r)
+  v = z * paths.expand_time(scale, z) + paths.expand_time(shift + t, z)
+  return 0.5 * v, v
+
+
+def test_guided_target_one_pass_of_2b_equals_the_reference_passes():
+  """The 2B pass gives, per sample, v_c = v(z | y, omega', h = 0, [0, 1]) and
+  v~ = v_t + (1 - 1/omega')(v_c - v(z | null, 1, h = 0, [0, 1])); where r = t the
+  reference's third pass, v(z | y, omega, h = 0, [0, 1]) at the unclipped omega, equals
+  v_c: its interval is [0, 1], so omega' = omega."""
+  b = 6
+  z = jax.random.normal(jax.random.key(4), (b, 3))
+  v_t = jax.random.normal(jax.random.key(5), (b, 3))
+  t = jnp.array([0.5, 0.9, 0.5, 0.3, 0.7, 0.6])
+  r = jnp.array([0.5, 0.2, 0.1, 0.3, 0.7, 0.6])
+  y = jnp.array([2, 3, 4, 5, 1, 10])
+  omega = jnp.array([4.0, 4.0, 2.0, 8.0, 3.0, 5.0])
+  t_min, t_max = imf.sample_interval(jax.random.key(6), b, r=r, t=t)
+  t_min = t_min.at[1].set(0.1).at[2].set(0.2)
+  t_max = t_max.at[1].set(0.6).at[2].set(0.8)  # sample 1: t outside its interval
+  is_null = y == 10
+  v_c, v_tilde = imf.guided_target(_stub_net, z, t, v_t, y, omega, t_min, t_max, is_null, 10)
+
+  def one_row(i, label, w):
+    c = {"y": jnp.array([label]), "omega": jnp.array([w]), "t_min": jnp.zeros(1),
+         "t_max": jnp.ones(1)}
+    return _stub_net(z[i:i + 1], t[i:i + 1], t[i:i + 1], c)[1][0]
+
+  for i in range(b):
+    w = float(omega[i]) if float(t_min[i]) <= float(t[i]) <= float(t_max[i]) else 1.0
+    cond, uncond = one_row(i, int(y[i]), w), one_row(i, 10, 1.0)
+    np.testing.assert_allclose(v_c[i], cond, rtol=1e-6)
+    want = v_t[i] if bool(is_null[i]) else v_t[i] + (1 - 1 / w) * (cond - uncond)
+    np.testing.assert_allclose(v_tilde[i], want, rtol=1e-5, atol=1e-6)
+    if float(r[i]) == float(t[i]):  # the reference's third pass
+      np.testing.assert_allclose(one_row(i, int(y[i]), float(omega[i])), v_c[i], rtol=1e-6)
+  assert float(jnp.abs(v_tilde[1] - v_t[1]).max()) == 0.0  # outside: omega' = 1
+  assert float(jnp.abs(v_tilde[0] - v_t[0]).max()) > 0.1

@@ -72,6 +72,41 @@ def effective_omega(omega, t, t_min, t_max):
   return jnp.where((t >= t_min) & (t <= t_max), omega, 1.0)
 
 
+def guided_target(net, z, t, v_t, y, omega, t_min, t_max, is_null, null_class):
+  """(v_c, v~) of iMF's guided target from ONE batched network pass of 2B rows.
+
+  The conditional half asks the v head for (z_t | y, omega', h = 0, [0, 1]), the
+  unconditional half for (z_t | null, omega = 1, h = 0, [0, 1]); omega' = omega inside
+  the sample's interval, else 1. The reference implementation spends a third pass of B
+  rows on the v head at the unclipped omega; it is only used where r = t, whose interval
+  is [0, 1], so omega' = omega there and the 2B pass already holds it
+  (tests/test_imf.py checks the equality).
+
+  Args:
+    net: `net(z, r, t, cond) -> (u, v)`, `cond` a dict of `[B]` arrays "y", "omega",
+      "t_min", "t_max".
+    z: z_t `[B, ...]`; t: `[B]`; v_t: eps - x like z.
+    y: labels `[B]` as the network sees them (after label dropout).
+    omega, t_min, t_max: the sample's guidance conditions `[B]`.
+    is_null: bool `[B]`, dropped labels (their v~ stays v_t).
+    null_class: the null label.
+
+  Returns:
+    (v_c, v~), both like z with a stop-gradient: the JVP's tangent and the target.
+  """
+  b = z.shape[0]
+  omega_eff = effective_omega(omega, t, t_min, t_max)
+  both = lambda a, c: jnp.concatenate([a, c])
+  cond = {"y": both(y, jnp.full_like(y, null_class)),
+          "omega": both(omega_eff, jnp.ones_like(omega_eff)),
+          "t_min": jnp.zeros((2 * b,), t.dtype), "t_max": jnp.ones((2 * b,), t.dtype)}
+  _, v_both = net(both(z, z), both(t, t), both(t, t), cond)
+  v_c, v_u = jnp.split(jax.lax.stop_gradient(v_both), 2)
+  ones = jnp.ones_like(t)
+  v_tilde = guided_velocity(v_t, v_c, v_u, omega_eff, t, 0 * ones, ones, is_null)
+  return v_c, v_tilde
+
+
 def sample_omega(key, batch_size, s_max=7.0, beta=1.0):
   """Per-sample guidance scales with density proportional to omega^(-beta) on
   [1, 1 + s_max] (beta = 1: log-uniform, omega = (1 + s_max)^U), by the inverse CDF.
