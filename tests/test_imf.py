@@ -5,26 +5,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from meanflow_jax import analytic, paths
+from meanflow_jax import paths
 from meanflow_jax.objectives import imf
+from tests.test_objectives import GAUSS, _batch, _rel  # a 3-D Gaussian and its batches
 
-GAUSS = analytic.Gaussian(mean=jnp.array([1.5, -0.5, 0.25]), std=0.4)
-
-
-def _batch(key, b=256, d=3):
-  k1, k2, k3, k4 = jax.random.split(key, 4)
-  x = GAUSS.sample(k1, b)
-  eps = jax.random.normal(k2, (b, d))
-  a, c = jax.random.uniform(k3, (b,)), jax.random.uniform(k4, (b,))
-  return x, eps, jnp.maximum(a, c), jnp.minimum(a, c)
 
 
 def _exact_net(z, r, t):
   return GAUSS.average_velocity(z, r, t), GAUSS.velocity(z, t)
-
-
-def _rel(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 def test_compound_velocity_is_the_exact_v_with_the_exact_tangent():
