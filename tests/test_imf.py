@@ -10,7 +10,6 @@ from meanflow_jax.objectives import imf
 from tests.test_objectives import GAUSS, _batch, _rel  # a 3-D Gaussian and its batches
 
 
-
 def _exact_net(z, r, t):
   return GAUSS.average_velocity(z, r, t), GAUSS.velocity(z, t)
 
