@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meanflow_jax import analytic, evaluate, objectives, paths, sampling
+from meanflow_jax import analytic, evaluate, objectives, paths, sampling, training
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.objectives import registry
 from meanflow_jax.training import inference, validate
+from meanflow_jax.training.train_state import init_state
 from tests.test_training import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,8 +66,7 @@ def _bad(name):
 ENTRY_POINTS = {
     "objectives.get": lambda: objectives.get("meanflw"),
     "check_config": lambda: validate.check_config(_bad("meanflw")),
-    "train": lambda: __import__("meanflow_jax.training", fromlist=["train"]).train(
-        _bad("meanflw"), "/nonexistent/never-written"),
+    "train": lambda: training.train(_bad("meanflw"), "/nonexistent/never-written"),
     "draw": lambda: inference.draw("meanflw", None, "euler", None, jnp.zeros((2, 2)), 1, None),
     "sampler_name": lambda: evaluate.sampler_name("meanflw", "euler"),
 }
@@ -126,13 +126,11 @@ class _HalfSpeed(registry.Objective):
 
 
 def test_a_new_objective_is_one_registered_object():
-  from meanflow_jax import training
   with _Registered(_HalfSpeed()):
     c = tiny_config(**{"objective": "half_speed", "train.steps": 40, "loss.p": 0.0})
     validate.check_config(c)
     model = training.build_model(c)
     tx = training.make_optimizer(c.optimizer, 40)
-    from meanflow_jax.training.train_state import init_state
     state = init_state(jax.random.key(0), model, tx, np.zeros((1, 2), np.float32), 1)
     x = GAUSS.sample(jax.random.key(2), 16)
     step = jax.jit(lambda s, b, k: training.train_step(

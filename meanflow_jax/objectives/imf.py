@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from meanflow_jax import paths
+from meanflow_jax.objectives import losses
 
 
 def compound_velocity(net, z, r, t, v_c):
@@ -43,9 +44,10 @@ def compound_velocity(net, z, r, t, v_c):
 
 def robust_weighted_error(pred, target, p, c):
   """w(e) = e / sg(e + c)^p per sample, e = ||pred - target||^2 over all non-batch dims:
-  `[B, ...] -> [B]`. Its gradient is de / (e + c)^p (p = 0: plain squared error)."""
-  e = jnp.sum(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)
-  return e / jax.lax.stop_gradient(e + c) ** p
+  `[B, ...] -> [B]`. Its gradient is de / (e + c)^p (p = 0: plain squared error); the
+  same weighting as MeanFlow's `losses.adaptive_weight(e) * e`."""
+  e = losses.squared_error(pred, target)
+  return losses.adaptive_weight(e, p, c) * e
 
 
 def guided_velocity(v_t, v_c, v_u, omega, t, t_min, t_max, is_null=None):
@@ -103,7 +105,7 @@ def guided_target(net, z, t, v_t, y, omega, t_min, t_max, is_null, null_class):
   _, v_both = net(both(z, z), both(t, t), both(t, t), cond)
   v_c, v_u = jnp.split(jax.lax.stop_gradient(v_both), 2)
   ones = jnp.ones_like(t)
-  v_tilde = guided_velocity(v_t, v_c, v_u, omega_eff, t, 0 * ones, ones, is_null)
+  v_tilde = guided_velocity(v_t, v_c, v_u, omega_eff, t, jnp.zeros_like(t), ones, is_null)
   return v_c, v_tilde
 
 

@@ -39,13 +39,13 @@ def adaptive_weight(err, p, c):
   return jax.lax.stop_gradient(1.0 / (err + c) ** p)
 
 
-def _squared_error(pred, target):
+def squared_error(pred, target):
   """Per-sample squared error summed over all non-batch dims: `[B, ...] -> [B]`."""
   return jnp.sum(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)
 
 
 def _weighted_loss(pred, target, p, c):
-  err = _squared_error(pred, target)
+  err = squared_error(pred, target)
   w = adaptive_weight(err, p, c)
   metrics = {
       "mse": jnp.mean(jnp.square(pred - target)),  # unweighted, per element
