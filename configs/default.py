@@ -10,6 +10,8 @@ from ml_collections.config_dict import placeholder
 def get_config():
   c = ml_collections.ConfigDict()
   c.objective = "meanflow"   # "meanflow" (average velocity u) | "flow_matching" (v)
+                             # | "imf" (Improved MeanFlow: u and v heads, guidance chosen at
+                             # sampling time; meanflow_jax.objectives.names())
   c.seed = 0                 # seeds init, data order and every step's noise and times
 
   c.data = ml_collections.ConfigDict()
@@ -51,10 +53,12 @@ def get_config():
   c.model.name = "mlp"       # registry name (meanflow_jax.models.available()): "mlp" | "dit" | "unet"
   c.model.variant = ""       # preset of that model: DiT "S/2" ... "XL/8", U-Net "cifar10" | "small";
                              # "" = none (the section's keys below then give every value)
-  c.model.dtype = "float32"  # DiT, U-Net: dtype of the matmuls: "float32" | "bfloat16"
+  c.model.dtype = "float32"  # DiT, iMF DiT, U-Net: dtype of the matmuls: "float32" | "bfloat16"
                              # (parameters, norms, loss and the JVP's output stay float32)
   c.model.num_classes = 0    # 0: unconditional; else a class-conditional model for labels in
                              # [0, num_classes) with one more, null, class for guidance
+  c.model.prediction = "u"   # what the network outputs: "u" (the average velocity) | "x"
+                             # (pixel MeanFlow: the data, u = (z - x) / max(t, 0.05))
   c.model.mlp = ml_collections.ConfigDict()
   c.model.mlp.width = 256
   c.model.mlp.depth = 4      # residual blocks
@@ -69,6 +73,17 @@ def get_config():
   c.model.dit.num_heads = placeholder(int)     # attention heads
   c.model.dit.mlp_ratio = placeholder(float)   # block MLP width over hidden_size
   c.model.dit.time_scale = placeholder(float)  # t and t - r are multiplied by this
+  # iMF's in-context DiT (prefix condition tokens, RMSNorm, RoPE, SwiGLU, gates; u and v
+  # heads). None: the variant's value ("B/2", "M/2", "L/2", "XL/2"; patch 4 and 8 too) or,
+  # without a variant, the class's default (B/2).
+  c.model.imf_dit = ml_collections.ConfigDict()
+  c.model.imf_dit.patch_size = placeholder(int)
+  c.model.imf_dit.hidden_size = placeholder(int)  # token width D (D / num_heads even: RoPE)
+  c.model.imf_dit.depth = placeholder(int)        # blocks of trunk + u head
+  c.model.imf_dit.num_heads = placeholder(int)
+  c.model.imf_dit.head_depth = placeholder(int)   # blocks of each head (the paper: 8)
+  c.model.imf_dit.mlp_ratio = placeholder(float)  # SwiGLU hidden over D (8/3)
+  c.model.imf_dit.time_scale = placeholder(float)  # conditions are multiplied by this
   # U-Net. None: the variant's value (without a variant: the paper's CIFAR-10 network's).
   c.model.unet = ml_collections.ConfigDict()
   c.model.unet.base_channels = placeholder(int)      # channels of the first level
@@ -82,26 +97,37 @@ def get_config():
   c.time.distribution = "logit_normal"  # "logit_normal" | "uniform"
   c.time.mu = -0.4           # logit-normal mean (paper, ImageNet)
   c.time.sigma = 1.0         # logit-normal std
-  c.time.ratio_r_neq_t = 0.25  # fraction of samples with r != t (MeanFlow only)
+  c.time.ratio_r_neq_t = 0.25  # fraction of samples with r != t (MeanFlow 0.25, iMF 0.5)
 
   # Classifier-free guidance folded into training (class-conditional models only):
   # the target velocity is v~ = omega v_t + kappa u(z_t, t, t | y) + (1 - omega - kappa) u(z_t, t, t | null)
   # for t in [t_min, t_max], so 1-NFE sampling is guided (scale omega / (1 - kappa)).
   # omega = 1, kappa = 0 is plain conditional training (no extra network evaluations).
   c.guidance = ml_collections.ConfigDict()
-  c.guidance.label_dropout = 0.1  # fraction of labels replaced by the null class
+  # (MeanFlow and flow matching; iMF draws omega and the interval per sample: `imf` below.)
+  c.guidance.label_dropout = 0.1  # fraction of labels replaced by the null class (every objective)
   c.guidance.omega = 1.0
   c.guidance.kappa = 0.0
   c.guidance.t_min = 0.0
   c.guidance.t_max = 1.0
+
+  # Improved MeanFlow, class-conditional models: guidance is a condition of the network.
+  # Per sample omega has density ~ omega^(-beta) on [1, 1 + s_max], the interval
+  # t_min ~ U(0, 0.5), t_max ~ U(0.5, 1) ([0, 1] where r = t); sampling chooses them
+  # (sample.omega, sample.t_min, sample.t_max).
+  c.imf = ml_collections.ConfigDict()
+  c.imf.s_max = 7.0          # omega in [1, 1 + s_max] (the paper: 7)
+  c.imf.beta = 1.0           # power law of omega (1: log-uniform, the paper's)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.p = 1.0             # adaptive weight 1/(err + c)^p; 0 = plain squared error
   c.loss.c = 1e-3
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"  # "adam" | "adamw"
+  c.optimizer.name = "adamw"  # "adam" | "adamw" | "muon" (Muon on matrices, AdamW (b1, b2,
+                              # weight_decay) on the rest; optax.contrib.muon)
   c.optimizer.lr = 1e-4
+  c.optimizer.muon_lr = 0.02  # muon: learning rate of the 2-D kernels (same schedule as lr)
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.95
   c.optimizer.weight_decay = 0.0
@@ -132,6 +158,10 @@ def get_config():
   c.sample = ml_collections.ConfigDict()
   c.sample.params = "ema"     # "ema" (first EMA copy) | "raw" for sampling and evaluation
   c.sample.method = "euler"   # flow-matching solver: "euler" | "heun"
+  c.sample.omega = 1.0        # iMF, class-conditional: guidance scale at sampling (1: none);
+                              # trained on [1, 1 + imf.s_max]
+  c.sample.t_min = 0.0        # iMF: the guidance interval [t_min, t_max] at sampling
+  c.sample.t_max = 1.0
   c.sample.num_plot = 4_000   # points in the scatter PNG
   c.sample.grid_per_class = 10  # images: samples per class (row) in the grid PNGs
 

@@ -8,7 +8,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from meanflow_jax.errors import MeanFlowError
+from meanflow_jax.errors import ConfigError, MeanFlowError
 
 
 def _flag_values(argv, name):
@@ -95,3 +95,18 @@ def run(main):
       sys.exit(getattr(e, "exit_code", 2))
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def interval(values):
+  """`(t_min, t_max)` from a flag's list of two numbers ("0.4,0.65"), or None if unset.
+
+  Raises ConfigError for anything else.
+  """
+  if values is None:
+    return None
+  try:
+    lo, hi = (float(v) for v in values)
+  except ValueError:
+    raise ConfigError(f"--interval takes two numbers t_min,t_max (e.g. 0.4,0.65); got "
+                      f"{','.join(values)!r}.") from None
+  return lo, hi

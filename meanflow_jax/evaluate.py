@@ -3,6 +3,8 @@
 Runs on a built-in mixture are scored exactly against the probability-flow map;
 runs on labelled images with the project's classifier (`metrics.classifier`).
 """
+import functools
+import itertools
 import json
 import os
 import time
@@ -137,11 +139,12 @@ def sampler_name(objective, method):
   return objectives.get(objective).sampler_name(method)
 
 
-def _timed_samples(sampler, eps, nfe, labels, batch, progress, what):
+def _timed_samples(sampler, eps, nfe, labels, batch, progress, what, **guidance):
   """Samples of every noise row in batches, and the seconds they took (compilation,
   done on the first batch beforehand, excluded; the median of up to 5 passes while
-  they take under 0.5 s in all)."""
+  they take under 0.5 s in all). `guidance`: omega, interval of an iMF sampler."""
   num = eps.shape[0]
+  sampler = functools.partial(sampler, **guidance) if guidance else sampler
   y = lambda i: None if labels is None else labels[i:i + batch]
   jax.block_until_ready(sampler(eps[:batch], nfe, y(0)))
   starts = range(0, num, batch)
@@ -161,7 +164,7 @@ def _timed_samples(sampler, eps, nfe, labels, batch, progress, what):
 
 def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=None, batch=500,
                     cache_dir=None, ema=None, inception=None, ref=None, progress=False,
-                    data=None):
+                    data=None, omegas=None, interval=None):
   """Quality of a run trained on images, at each NFE in `nfes`.
 
   Sample i uses noise from `fold_in(key, i)` and, for a class-conditional run,
@@ -178,6 +181,11 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   section to score against instead of the run's own (a reflow run trained on
   stored pairs is scored against the images its pairs imitate). Every row also has
   `sample_s` (seconds to draw the `num` samples) and `samples_per_s`.
+
+  `omegas`: a guidance-conditioned (iMF) run is sampled at each of these guidance
+  scales (on `interval`, default the config's), all from one trained model, at the
+  same noise: one row per (nfe, omega), with "omega" in the row; samples keyed
+  (nfe, omega). None: the config's sample.omega, keyed by nfe alone.
 
   Returns:
     an `ImageEvaluation`.
@@ -226,14 +234,20 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   sampler = inference.make_sampler(config, run.model, run.params, method=method)
   name = sampler_name(config.objective, method or config.sample.method)
   rows, samples = [], {}
-  for k in nfes:
-    x, seconds = _timed_samples(sampler, eps, int(k), asked, batch, progress,
-                                f"{name}, {k} NFE")
+  sweep = omegas is not None
+  if sweep or interval is not None:
+    inference.check_guidance(config, omegas[0] if sweep else None, interval)
+  for k, w in itertools.product(nfes, omegas if sweep else [None]):
+    guidance = {} if not sweep and interval is None else {"omega": w, "interval": interval}
+    what = f"{name}, {k} NFE" + (f", omega {w:g}" if sweep else "")
+    x, seconds = _timed_samples(sampler, eps, int(k), asked, batch, progress, what, **guidance)
     if not np.all(np.isfinite(x)):
-      raise ConfigError(f"{workdir}: the {k}-NFE samples contain NaN or inf.")
-    samples[int(k)] = x
+      raise ConfigError(f"{workdir}: the {what} samples contain NaN or inf.")
+    samples[(int(k), float(w)) if sweep else int(k)] = x
     row = {"objective": config.objective, "nfe": int(k), "method": name,
            "sample_s": seconds, "samples_per_s": num / seconds}
+    if sweep:
+      row["omega"] = float(w)
     if labels is not None:
       feats, pred = clf.features_and_predictions(x)
       row["clf_fd"] = frechet.frechet_distance(*frechet.gaussian_stats(feats), *real_stats)

@@ -80,6 +80,32 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
   return path
 
 
+def metrics_vs_omega(rows, metrics, path, floor=None):
+  """One panel per metric: value against the sampling-time guidance scale omega, a line
+  per (method, NFE); `floor`: optional {metric: value of real data}, drawn dashed.
+
+  Args:
+    rows: dicts with "method", "nfe", "omega" and each metric.
+  """
+  floor = floor or {}
+  fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+  lines = list(dict.fromkeys((r["method"], r["nfe"]) for r in rows))
+  for ax, m in zip(axes[0], metrics):
+    for i, (method, nfe) in enumerate(lines):
+      rs = sorted((r for r in rows if (r["method"], r["nfe"]) == (method, nfe)),
+                  key=lambda r: r["omega"])
+      ax.plot([r["omega"] for r in rs], [r[m] for r in rs], "o-", color=f"C{i}",
+              label=f"{method}, {nfe} NFE")
+    if m in floor:
+      ax.axhline(floor[m], color="0.5", ls="--", lw=1, label="real data")
+    ax.set(xlabel="guidance scale omega (sampling)", title=m)
+  axes[0, 0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def to_uint8(images):
   """Images in [-1, 1] -> uint8 in [0, 255] (round to nearest, clip)."""
   return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -37,6 +37,11 @@ _INCEPTION = flags.DEFINE_string("inception", None, "FID Inception weights (.npz
 _REF = flags.DEFINE_string("ref", None, "FID reference statistics (.npz with mu, sigma; "
                            "scripts/fid_stats.py); default: the run's training data.")
 _BATCH = flags.DEFINE_integer("batch", 500, "Samples per sampler call.")
+_OMEGA = flags.DEFINE_multi_float("omega", None, "iMF, class-conditional: guidance scales to "
+                                  "sample at, all from the one trained model (repeat the flag, "
+                                  "or --omega 1,2,4); default: the run's sample.omega.")
+_INTERVAL = flags.DEFINE_list("interval", None, "iMF: the guidance interval t_min,t_max at "
+                              "sampling (default: the run's sample.t_min, sample.t_max).")
 flags.mark_flags_as_required(["workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
@@ -59,18 +64,27 @@ def _images(workdir, nfes, config):
   ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
                                 params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
                                 inception=_INCEPTION.value, ref=_REF.value, batch=_BATCH.value,
-                                progress=True)
+                                progress=True, omegas=_OMEGA.value,
+                                interval=cli.interval(_INTERVAL.value))
   k, per = config.model.num_classes, config.sample.grid_per_class
+  # Keys are NFE, or (NFE, omega) in an omega sweep.
+  title = lambda n: (f"{ev.rows[0]['method']}, {n[0]} NFE, omega {n[1]:g}" if isinstance(n, tuple)
+                     else f"{ev.rows[0]['method']}, {n} NFE")
   if k:
-    panels = [(f"{ev.rows[0]['method']}, {n} NFE",
-               evaluate.class_rows(x, ev.labels, k, per)) for n, x in ev.samples.items()]
+    panels = [(title(n), evaluate.class_rows(x, ev.labels, k, per)) for n, x in ev.samples.items()]
   else:
-    panels = [(f"{ev.rows[0]['method']}, {n} NFE", x[:per * per]) for n, x in ev.samples.items()]
+    panels = [(title(n), x[:per * per]) for n, x in ev.samples.items()]
   plotting.image_grids(panels, os.path.join(workdir, "eval.png"), ncols=per,
                        row_labels=list(range(k)) if k else None)
   columns = IMAGE_COLUMNS if "clf_fd" in ev.rows[0] else ["method", "nfe", "samples_per_s"]
   if "fid" in ev.rows[0]:
     columns = columns[:2] + ["fid"] + columns[2:]
+  if _OMEGA.value and "clf_fd" in ev.rows[0]:
+    metrics = ["clf_fd", "agreement"] if "agreement" in ev.rows[0] else ["clf_fd"]
+    plotting.metrics_vs_omega(ev.rows, metrics, os.path.join(workdir, "eval_omega.png"),
+                              floor=ev.floor)
+    print(f"wrote {workdir}/eval_omega.png")
+    columns = columns[:2] + ["omega"] + columns[2:]
   if "classifier_heldout_accuracy" in ev.floor:
     print(f"classifier held-out accuracy {ev.floor['classifier_heldout_accuracy']:.4f}")
   floor = [dict(ev.floor, method="real data (two halves)", nfe="")] if ev.floor else []

@@ -5,6 +5,8 @@
   python scripts/sample.py --workdir runs/digits --nfe 1 --num 100 --out runs/digits/x.npy
   python scripts/sample.py --workdir runs/digits --nfe 1 --class 7 --num 16 --out sevens.npy
   python scripts/sample.py --workdir runs/digits --nfe 2 --labels labels.npy --out x.npy
+  python scripts/sample.py --workdir runs/digits_imf --nfe 1 --omega 4 --interval 0.4,0.65 \
+      --num 100 --out runs/digits_imf/x.npy
 
 Writes `--out` (float32 [M, D] points, or [M, H, W, C] images in [-1, 1]) and a PNG
 beside it: a scatter plot for 2-D points, a grid for images. Class-conditional
@@ -34,6 +36,10 @@ _CLASS = flags.DEFINE_integer("class", None, "Class-conditional runs: one class 
 _PARAMS = flags.DEFINE_enum("params", None, ["ema", "raw"], "Parameters (default: the run's "
                             "sample.params).")
 _METHOD = flags.DEFINE_enum("method", None, ["euler", "heun"], "Flow-matching solver.")
+_OMEGA = flags.DEFINE_float("omega", None, "iMF, class-conditional: the guidance scale, chosen "
+                            "now (default: the run's sample.omega).")
+_INTERVAL = flags.DEFINE_list("interval", None, "iMF: the guidance interval t_min,t_max "
+                              "(default: the run's sample.t_min, sample.t_max).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -120,12 +126,16 @@ def main(argv):
     eps = run.prior.sample(jax.random.key(_SEED.value), num, shape, y)
   sampler = inference.make_sampler(config, run.model, run.params, method=_METHOD.value,
                                    data_stats=run.data_stats)  # samples in data space
-  x = np.asarray(sampler(eps, _NFE.value, y))
+  x = np.asarray(sampler(eps, _NFE.value, y, omega=_OMEGA.value,
+                         interval=cli.interval(_INTERVAL.value)))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.save(_OUT.value, x)
   print(f"wrote {x.shape[0]} samples ({_NFE.value} NFE, {config.objective}) to {_OUT.value}")
   png = _OUT.value[:-len(".npy")] + ".png"
-  title = f"{config.objective}, {_NFE.value} NFE"
+  guidance = inference.check_guidance(config, _OMEGA.value, cli.interval(_INTERVAL.value))
+  title = f"{config.objective}, {_NFE.value} NFE" + (
+      "" if guidance is None else f", omega {guidance[0]:g} on [{guidance[1][0]:g}, "
+      f"{guidance[1][1]:g}]")
   if shape == (2,):
     log_prob = (points.config_mixture(config.data).log_prob
                 if config.data.source == "mixture" else None)

@@ -21,10 +21,11 @@ GAUSS = analytic.Gaussian(mean=jnp.array([1.0, -0.5]), std=0.5)
 
 
 def test_registered_objectives_declare_what_they_need():
-  assert objectives.names() == ["flow_matching", "meanflow"]
-  mf, fm = objectives.get("meanflow"), objectives.get("flow_matching")
-  assert (mf.default_nfe, fm.default_nfe) == (1, 16)
-  assert mf.heads == fm.heads == ("u",)
+  assert objectives.names() == ["flow_matching", "imf", "meanflow"]
+  mf, fm, imf = (objectives.get(n) for n in ("meanflow", "flow_matching", "imf"))
+  assert (mf.default_nfe, fm.default_nfe, imf.default_nfe) == (1, 16, 1)
+  assert mf.heads == fm.heads == ("u",) and imf.heads == ("u", "v")
+  assert imf.conditions == ("omega", "t_min", "t_max") and mf.conditions == fm.conditions == ()
   assert mf.reads == ("time.ratio_r_neq_t",) and fm.reads == ("sample.method",)
   assert fm.methods == sampling.METHODS and mf.methods == (None,)
   assert [fm.sampler_name(m) for m in ("euler", "heun")] == ["fm-euler", "fm-heun"]
@@ -75,7 +76,7 @@ ENTRY_POINTS = {
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_unknown_objective_fails_at_every_entry_point(entry):
   with pytest.raises(ConfigError, match=r"objective must be one of \['flow_matching', "
-                                        r"'meanflow'\]; got 'meanflw'"):
+                                        r"'imf', 'meanflow'\]; got 'meanflw'"):
     ENTRY_POINTS[entry]()
   assert not os.path.exists("/nonexistent/never-written")
 
@@ -87,7 +88,7 @@ def test_unknown_objective_is_one_line_from_the_scripts(tmp_path):
                            "configs/toy.py", "--config.objective=meanflw", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=3600)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "objective must be one of ['flow_matching', 'meanflow']" in proc.stderr
+    assert "objective must be one of ['flow_matching', 'imf', 'meanflow']" in proc.stderr
   assert not (tmp_path / "w").exists()
 
 

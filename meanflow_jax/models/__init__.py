@@ -1,7 +1,10 @@
 """Networks u_theta(z, r, t | y), built by name (and preset variant) from a registry.
 
-Every model is called as `model.apply(variables, z, r, t, y=None, *, train=False)`
-and returns u of z's shape. Parameters carry logical axis names, so `model.init`
+Every model is called as `model.apply(variables, z, r, t, y=None, *, omega=None,
+t_min=None, t_max=None, train=False)` and returns u of z's shape, or (u, v) when built
+with `v_head=True` (iMF's auxiliary velocity). The guidance conditions are taken by
+models built with `guided=True`; `prediction="x"` makes the network predict the data
+and u = (z - x) / t (pixel MeanFlow). Parameters carry logical axis names, so `model.init`
 returns `nn.Partitioned` boxes: `nn.get_partition_spec(variables)` reads the
 names, `flax.linen.meta.unbox(variables)` the plain arrays; `apply` takes either.
 """
@@ -11,15 +14,17 @@ import math
 import jax
 import jax.numpy as jnp
 
-from meanflow_jax.models import dit, unet
+from meanflow_jax.models import dit, incontext_dit, unet
 from meanflow_jax.models.dit import DiT
+from meanflow_jax.models.incontext_dit import InContextDiT
 from meanflow_jax.models.mlp import MLP
 from meanflow_jax.models.unet import UNet
 
-__all__ = ["DiT", "MLP", "UNet", "available", "build", "param_count", "variants"]
+__all__ = ["DiT", "InContextDiT", "MLP", "UNet", "available", "build", "param_count", "variants"]
 
 _REGISTRY = {
     "dit": DiT,
+    "imf_dit": InContextDiT,
     "mlp": MLP,
     "unet": UNet,
 }
@@ -27,6 +32,7 @@ _REGISTRY = {
 # Named presets of constructor kwargs, per model.
 _VARIANTS = {
     "dit": dit.VARIANTS,
+    "imf_dit": incontext_dit.VARIANTS,
     "mlp": {},
     "unet": unet.VARIANTS,
 }
@@ -76,7 +82,7 @@ def build(name, variant=None, **overrides):
   return cls(**kwargs)
 
 
-def param_count(model, input_shape):
+def param_count(model, input_shape, exclude=()):
   """Number of parameters of `model` for inputs of per-sample shape `input_shape`.
 
   Shapes only (`jax.eval_shape` of `model.init`), so it costs no memory even for
@@ -86,8 +92,11 @@ def param_count(model, input_shape):
   Args:
     model: a registered flax module.
     input_shape: one sample's shape without the batch: `(H, W, C)` or `(D,)`.
+    exclude: prefixes of top-level parameter names left out of the count (the iMF DiT's
+      sampling count: `exclude=("v_block",)`, the blocks dropped for sampling).
   """
   z = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), z, t, t)
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
+  kept = {k: v for k, v in shapes["params"].items() if not k.startswith(tuple(exclude))}
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(kept))

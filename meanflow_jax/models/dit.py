@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from meanflow_jax.models.embeddings import conditioning
+from meanflow_jax.models.embeddings import conditioning, guidance_embedding, parameterise
 
 # depth, hidden size, heads of the paper's sizes (M is MeanFlow's; the rest are DiT's).
 SIZES = {
@@ -153,6 +153,8 @@ class DiT(nn.Module):
     time_scale: multiplier of t and t - r before the sinusoids.
     dtype: computation dtype of the Dense/Conv layers (params stay float32);
       the embeddings, norms, softmax and output layer run in at least float32.
+    guided, v_head, prediction: iMF's guidance conditions, its v output layer
+      ("final_v") and x-prediction, as in `MLP`.
   """
   patch_size: int
   hidden_size: int
@@ -162,10 +164,14 @@ class DiT(nn.Module):
   num_classes: int = 0
   time_scale: float = 1000.0
   dtype: Any = jnp.float32
+  guided: bool = False
+  v_head: bool = False
+  prediction: str = "u"
 
   @nn.compact
-  def __call__(self, z, r, t, y=None, *, train=False):
-    """z `[B, H, W, C]`, r `[B]`, t `[B]`, y int `[B]` or None -> u `[B, H, W, C]`.
+  def __call__(self, z, r, t, y=None, *, omega=None, t_min=None, t_max=None, train=False):
+    """z `[B, H, W, C]`, r `[B]`, t `[B]`, y int `[B]` or None, guidance conditions `[B]`
+    or None -> u `[B, H, W, C]`, or (u, v) with `v_head`.
 
     `train` is accepted for the common interface; DiT has no dropout.
     """
@@ -181,7 +187,9 @@ class DiT(nn.Module):
 
     c = conditioning(t, r, y, features=dim, freq_dim=256, scale=self.time_scale,
                      num_classes=self.num_classes)
-    c = nn.silu(c)
+    g = guidance_embedding(b, omega, t_min, t_max, guided=self.guided, features=dim,
+                           freq_dim=256, scale=self.time_scale)
+    c = nn.silu(c if g is None else c + g)
 
     x = nn.Conv(dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed",
                 kernel_init=_named(_xavier, (None, None, "conv_in", "embed")),
@@ -197,7 +205,11 @@ class DiT(nn.Module):
         2, axis=-1)
     x = modulate(nn.LayerNorm(1e-6, use_bias=False, use_scale=False, dtype=out_dtype,
                               name="final_norm")(x), shift, scale)
-    x = _dense(p * p * channels, ("embed", "patch"), "final", out_dtype, kernel_init=_zeros)(x)
-    # Unpatchify: token (i, j) holds the p x p x C pixels of patch row i, column j.
-    x = x.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, height, width, channels)
+
+    def head(name):
+      out = _dense(p * p * channels, ("embed", "patch"), name, out_dtype, kernel_init=_zeros)(x)
+      # Unpatchify: token (i, j) holds the p x p x C pixels of patch row i, column j.
+      out = out.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+      return parameterise(out.reshape(b, height, width, channels), z, t, self.prediction)
+
+    return (head("final"), head("final_v")) if self.v_head else head("final")

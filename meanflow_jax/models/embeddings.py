@@ -43,6 +43,55 @@ def _named_dense(features, names, name):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
 
 
+GUIDANCE_KEYS = ("omega", "t_min", "t_max")
+
+
+def guidance_embedding(b, omega, t_min, t_max, *, guided, features, freq_dim, scale):
+  """emb(1 - 1/omega) + emb(t_min) + emb(t_max) `[B, features]` of a guidance-conditioned
+  model (iMF), or None for a model without guidance conditions.
+
+  Called inside a module's compact `__call__` (submodules "omega_embed", "tmin_embed",
+  "tmax_embed"). omega enters as 1 - 1/omega in [0, 1) (the paper's embedding: omega = 1,
+  no guidance, is 0). Missing conditions are those of no guidance: omega = 1 on [0, 1].
+
+  Raises:
+    ValueError: conditions given to a model built without them (`guided=False`).
+  """
+  given = [k for k, v in zip(GUIDANCE_KEYS, (omega, t_min, t_max)) if v is not None]
+  if not guided:
+    if given:
+      raise ValueError(f"this model has no guidance conditions (built with guided=False); "
+                       f"got {given}.")
+    return None
+  ones = jnp.ones((b,), jnp.float32)
+  omega = ones if omega is None else omega
+  t_min = 0.0 * ones if t_min is None else t_min
+  t_max = ones if t_max is None else t_max
+  emb = lambda name, v: TimeEmbedding(features, freq_dim, scale, name=name)(v)
+  return emb("omega_embed", 1.0 - 1.0 / omega) + emb("tmin_embed", t_min) + emb("tmax_embed", t_max)
+
+
+def parameterise(out, z, t, prediction):
+  """The average velocity from a network output: `out` itself ("u"), or, for x-prediction
+  (pixel MeanFlow), u = (z - x) / max(t, X_PREDICTION_T_FLOOR) with x = `out`.
+
+  Why the floor: at t -> 0, z_t -> x and (z - x) / t is 0/0; the network's errors would be
+  amplified 1/t. Below the floor the network predicts x' = z - t_floor u instead of the
+  data, still a linear reparameterisation of u with a bounded gain (1 / t_floor = 20).
+  The floor is constant in t there, so du/dt of the JVP stays finite.
+  """
+  if prediction == "u":
+    return out
+  if prediction == "x":
+    t = jnp.maximum(t, X_PREDICTION_T_FLOOR).astype(out.dtype)
+    return (z.astype(out.dtype) - out) / t.reshape(t.shape + (1,) * (out.ndim - 1))
+  raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}.")
+
+
+PREDICTIONS = ("u", "x")
+X_PREDICTION_T_FLOOR = 0.05
+
+
 def conditioning(t, r, y, *, features, freq_dim, scale, num_classes):
   """c = emb(t) + emb(t - r) + emb(y), `[B, features]`, before the nonlinearity.
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meanflow_jax.models.dit import SelfAttention, at_least_float32
-from meanflow_jax.models.embeddings import conditioning
+from meanflow_jax.models.embeddings import conditioning, guidance_embedding, parameterise
 
 VARIANTS = {
     # The paper's CIFAR-10 network (55,798,275 parameters on 32x32x3).
@@ -133,6 +133,8 @@ class UNet(nn.Module):
     time_scale: multiplier of t and t - r before the sinusoids.
     dtype: computation dtype of the Dense/Conv layers (params stay float32);
       the embeddings, norms and output convolution run in at least float32.
+    guided, v_head, prediction: iMF's guidance conditions, its v output convolution
+      ("conv_out_v") and x-prediction, as in `MLP`.
   """
   base_channels: int = 128
   channel_mult: Sequence[int] = (2, 2, 2)
@@ -143,10 +145,14 @@ class UNet(nn.Module):
   num_classes: int = 0
   time_scale: float = 1000.0
   dtype: Any = jnp.float32
+  guided: bool = False
+  v_head: bool = False
+  prediction: str = "u"
 
   @nn.compact
-  def __call__(self, z, r, t, y=None, *, train=False):
-    """z `[B, H, W, C]`, r `[B]`, t `[B]`, y int `[B]` or None -> u `[B, H, W, C]`."""
+  def __call__(self, z, r, t, y=None, *, omega=None, t_min=None, t_max=None, train=False):
+    """z `[B, H, W, C]`, r `[B]`, t `[B]`, y int `[B]` or None, guidance conditions `[B]`
+    or None -> u `[B, H, W, C]`, or (u, v) with `v_head`."""
     if z.ndim != 4:
       raise ValueError(f"the U-Net takes images z [B, H, W, C]; got shape {tuple(z.shape)}.")
     b, height, width, channels = z.shape
@@ -160,7 +166,9 @@ class UNet(nn.Module):
     emb_dim = 4 * self.base_channels
     c = conditioning(t, r, y, features=emb_dim, freq_dim=self.base_channels,
                      scale=self.time_scale, num_classes=self.num_classes)
-    emb = nn.silu(c)
+    g = guidance_embedding(b, omega, t_min, t_max, guided=self.guided, features=emb_dim,
+                           freq_dim=self.base_channels, scale=self.time_scale)
+    emb = nn.silu(c if g is None else c + g)
 
     block = lambda features, name, resample="": ResBlock(
         features, self.dropout, resample, self.dtype, name=name)
@@ -195,5 +203,7 @@ class UNet(nn.Module):
 
     out_dtype = at_least_float32(self.dtype)
     h = nn.silu(_group_norm(h.shape[-1], "out_norm", out_dtype)(h))
-    return _conv(channels, 3, "conv_out", out_dtype, names=(None, None, "conv_in", None),
-                 kernel_init=_zeros)(h)
+    head = lambda name: parameterise(
+        _conv(channels, 3, name, out_dtype, names=(None, None, "conv_in", None),
+              kernel_init=_zeros)(h), z, t, self.prediction)
+    return (head("conv_out"), head("conv_out_v")) if self.v_head else head("conv_out")

@@ -8,7 +8,7 @@ from meanflow_jax.objectives.losses import (adaptive_weight, flow_matching_loss,
                                             meanflow_loss, meanflow_target)
 from meanflow_jax.objectives.registry import Objective, get, names, register
 # Each module registers its objective on import.
-from meanflow_jax.objectives import flow_matching, meanflow  # noqa: E402,F401  isort: skip
+from meanflow_jax.objectives import flow_matching, imf, meanflow  # noqa: E402,F401  isort: skip
 
 __all__ = ["Objective", "adaptive_weight", "flow_matching_loss", "get", "guided_velocity",
            "meanflow_loss", "meanflow_target", "names", "register"]

@@ -12,14 +12,15 @@ identity u = v - (t - r) du/dt, so the loss is a plain regression on v. Guidance
 condition of the network: omega and the interval [t_min, t_max] are drawn per sample at
 training time and chosen freely at sampling time.
 
-These pieces are registered as an objective once the networks take the guidance
-conditions and return both heads.
+Registered as the objective "imf": the model is built with a v head and, when it is
+class-conditional, with the guidance conditions (omega, t_min, t_max).
 """
 import jax
 import jax.numpy as jnp
 
-from meanflow_jax import paths
+from meanflow_jax import paths, sampling, timesteps
 from meanflow_jax.objectives import losses
+from meanflow_jax.objectives.registry import Objective, register
 
 
 def compound_velocity(net, z, r, t, v_c):
@@ -163,3 +164,54 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01):
              "mse": jnp.mean(jnp.square(V - target)),
              "frac_r_neq_t": jnp.mean((r != t).astype(jnp.float32))}
   return jnp.mean(u_term + v_term), metrics
+
+
+class ImprovedMeanFlow(Objective):
+  """iMF: times as MeanFlow's (time.ratio_r_neq_t; the paper 0.5), the guided target and
+  its tangent from one 2B pass (class-conditional) or the v head's own velocity
+  (unconditional), the loss `imf_loss`, generation by u's jumps at the omega and
+  interval chosen at sampling time."""
+  name = "imf"
+  default_nfe = 1
+  heads = ("u", "v")
+  reads = ("time.ratio_r_neq_t", "imf", "sample.omega")
+  conditions = ("omega", "t_min", "t_max")
+
+  def sample_times(self, key, b, time_cfg):
+    return timesteps.sample_t_r(key, b, distribution=time_cfg.distribution, mu=time_cfg.mu,
+                                sigma=time_cfg.sigma, ratio_r_neq_t=time_cfg.ratio_r_neq_t)
+
+  def targets(self, key, net, x, eps, *, t, r, y, is_null, cond, guidance_cfg, imf_cfg,
+              num_classes):
+    """cond gains per-sample omega and [t_min, t_max] (omega = 1 on [0, 1] where the label
+    was dropped: the unconditional model is unguided); v = (v_c, v~)."""
+    del y, guidance_cfg
+    z = paths.interpolate(x, eps, t)
+    v_t = paths.conditional_velocity(x, eps, t)
+    if not num_classes:
+      # No guidance: v~ = v_t; the tangent is still the network's own velocity at h = 0.
+      _, v_c = net(z, t, t, cond)
+      return cond, (jax.lax.stop_gradient(v_c), v_t)
+    b = x.shape[0]
+    key_omega, key_interval = jax.random.split(key)
+    omega = sample_omega(key_omega, b, imf_cfg.s_max, imf_cfg.beta)
+    t_min, t_max = sample_interval(key_interval, b, r, t)
+    omega = jnp.where(is_null, 1.0, omega)
+    t_min, t_max = jnp.where(is_null, 0.0, t_min), jnp.where(is_null, 1.0, t_max)
+    v_c, v_tilde = guided_target(net, z, t, v_t, cond["y"], omega, t_min, t_max, is_null,
+                                 num_classes)
+    return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (v_c, v_tilde)
+
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg):
+    v_c, v_tilde = v
+    return imf_loss(net, x, eps, r=r, t=t, v_c=v_c, v_tilde=v_tilde, p=loss_cfg.p, c=loss_cfg.c)
+
+  def average_velocity(self, net):
+    return lambda z, r, t: net(z, r, t)[0]
+
+  def generate(self, net, eps, nfe, method):
+    del method  # jumps of u, as MeanFlow's
+    return sampling.meanflow_sample(self.average_velocity(net), eps, int(nfe))
+
+
+IMF = register(ImprovedMeanFlow())

@@ -6,15 +6,27 @@ its config keys in configs/default.py, and its tests. Nothing else compares name
 """
 from typing import Dict, Tuple
 
+import jax.numpy as jnp
+
+from meanflow_jax import paths
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.objectives import losses
+
+
+def guidance_active(guidance_cfg, num_classes):
+  """Whether MeanFlow's training-time guidance (`guidance.omega`, `guidance.kappa`) changes
+  the target: two extra forward passes a step."""
+  return bool(num_classes) and (guidance_cfg.omega != 1.0 or guidance_cfg.kappa != 0.0)
 
 
 class Objective:
   """What one training objective is, as pure functions of a network closure.
 
-  The network closure is `net(z [B, ...], r [B], t [B]) -> [B, ...]` (the label and any
-  other condition already bound); objectives that learn an instantaneous velocity call
-  it with r = t.
+  The network closure is `net(z [B, ...], r [B], t [B])` (the label and any other
+  condition already bound), returning u `[B, ...]`, or (u, v) for an objective whose
+  `heads` are ("u", "v"); objectives that learn an instantaneous velocity call it with
+  r = t. `targets` sees the unbound `net(z, r, t, cond)`, `cond` a dict of `[B]` arrays
+  (keys "y" and the objective's `conditions`).
 
   Attributes:
     name: the registry name (`config.objective`).
@@ -22,12 +34,45 @@ class Objective:
     heads: the outputs it needs from the network.
     reads: config keys this objective alone reads; validation refuses them for the others.
     methods: the generation methods `generate` offers (`sample.method`); (None,): its own.
+    conditions: network conditions beyond (r, t, y) of a class-conditional model (iMF's
+      "omega", "t_min", "t_max"): the model is built to take them.
   """
   name: str = ""
   default_nfe: int = 1
   heads: Tuple[str, ...] = ("u",)
   reads: Tuple[str, ...] = ()
   methods: Tuple = (None,)
+  conditions: Tuple[str, ...] = ()
+
+  def targets(self, key, net, x, eps, *, t, r, y, is_null, cond, guidance_cfg, imf_cfg,
+              num_classes):
+    """(cond, v): the network's conditions for the loss and the regression target that
+    `loss` receives as `v` (None: v_t = eps - x).
+
+    The default is MeanFlow's training-time guidance (class-conditional models, with
+    `guidance_active`): v~ of `losses.guided_velocity` from u(z_t, t, t | y) and
+    u(z_t, t, t | null), one batched pass of 2B with `net` (the step's parameters
+    before the update, no dropout) under a stop-gradient.
+
+    Args:
+      key: this step's key for the objective's own draws.
+      net: `net(z, r, t, cond)`; x, eps `[B, ...]`; t, r `[B]`.
+      y: the true labels `[B]` (None: unconditional); is_null: bool `[B]`, the labels
+        dropped to the null class (None: unconditional); cond: {"y": the labels the
+        network sees} or {}.
+    """
+    del key, r, imf_cfg
+    if not guidance_active(guidance_cfg, num_classes):
+      return cond, None
+    z = paths.interpolate(x, eps, t)
+    both = lambda a, b: jnp.concatenate([a, b])
+    out = net(both(z, z), both(t, t), both(t, t), {"y": both(y, jnp.full_like(y, num_classes))})
+    u_cond, u_uncond = jnp.split(out, 2)
+    v = losses.guided_velocity(
+        paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t, omega=guidance_cfg.omega,
+        kappa=guidance_cfg.kappa, t_interval=(guidance_cfg.t_min, guidance_cfg.t_max),
+        is_null=is_null)
+    return cond, v
 
   def sample_times(self, key, b, time_cfg):
     """(t `[B]`, r `[B]`) with r <= t, from the `time` config section."""

@@ -109,7 +109,8 @@ def step_function(config, model, tx, prior=None):
   return functools.partial(
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
       time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
-      guidance_cfg=config.guidance, num_classes=config.model.num_classes, prior=prior)
+      guidance_cfg=config.guidance, num_classes=config.model.num_classes, prior=prior,
+      imf_cfg=config.imf)
 
 
 def make_prior(config, source):

@@ -23,13 +23,15 @@ CHECKSUMS = "checksums"  # the item of a checkpoint that holds its arrays' check
 # the parameters mean (the prior they map from): a checkpoint whose saved config
 # differs in these cannot be restored into this run.
 # The section of the model in use (e.g. "model.dit") is added by `shape_keys`.
-SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "objective", "prior.name",
+SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "model.prediction", "objective",
+              "prior.name",
               "prior.factor", "prior.noise_std",
               "train.ema_decays", "optimizer.name", "optimizer.grad_clip")
 
 # Keys added after the first release, with the values that runs saved before them
 # were trained with (data.source is derived from data.path).
-_LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
+_LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "prediction": "u"},
+           "imf": {"s_max": 7.0, "beta": 1.0},
            "mesh": {"data": -1, "fsdp": 1},
            "train": {"sample_every": 0, "sample_nfe": 0, "init_from": ""},
            "data": {"flip": False, "latent_scale": 0.18215, "mixture_dim": 2,
@@ -38,7 +40,7 @@ _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32"},
                      "noise_std": 0.5, "fit_examples": 10_000},
            "guidance": {"label_dropout": 0.1, "omega": 1.0, "kappa": 0.0, "t_min": 0.0,
                         "t_max": 1.0},
-           "sample": {"grid_per_class": 10}}
+           "sample": {"grid_per_class": 10, "omega": 1.0, "t_min": 0.0, "t_max": 1.0}}
 
 # The values that meant "the preset's" in the model sections before None did. No config
 # holds them now (the range checks refuse each), so wherever they appear they are old.

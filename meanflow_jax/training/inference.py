@@ -98,12 +98,44 @@ def load_run(workdir, params=None, step=None, ema=None):
              priors.from_config(config, stats), data_stats)
 
 
-def draw(objective, model, method, params, eps, nfe, y):
+def draw(objective, model, method, params, eps, nfe, y, guidance=None):
   """Samples from noise `eps` with `nfe` network evaluations by the registered
-  `objective`'s generation steps (MeanFlow jumps; flow matching by Euler, `nfe` steps,
-  or Heun, `nfe // 2`). Pure; unchecked."""
-  net = lambda z, r, t: model.apply(params, z, r, t, y)
+  `objective`'s generation steps (MeanFlow and iMF jumps; flow matching by Euler, `nfe`
+  steps, or Heun, `nfe // 2`). `guidance`: None, or a dict of `[B]` arrays "omega",
+  "t_min", "t_max" for a guidance-conditioned (iMF) model. Pure; unchecked."""
+  guidance = guidance or {}
+  net = lambda z, r, t: model.apply(params, z, r, t, y, **guidance)
   return objectives.get(objective).generate(net, eps, nfe, method)
+
+
+def check_guidance(config, omega, interval):
+  """(omega, (t_min, t_max)) to sample a guidance-conditioned run with: the arguments, or
+  the config's `sample.omega` / `sample.t_min`, `sample.t_max` where None.
+
+  Raises ConfigError for guidance given to a run without guidance conditions, omega < 1
+  or an interval outside [0, 1]; warns (stderr) for omega outside the trained range
+  [1, 1 + imf.s_max], where the network extrapolates.
+  """
+  conditioned = bool(objectives.get(config.objective).conditions) and config.model.num_classes
+  if not conditioned:
+    if omega is not None or interval is not None:
+      raise ConfigError(f"guidance at sampling (omega, interval) needs a class-conditional "
+                        f"run of an objective that takes it (imf); this run is "
+                        f"{config.objective} with {config.model.num_classes} classes.")
+    return None
+  omega = float(config.sample.omega if omega is None else omega)
+  t_min, t_max = ((config.sample.t_min, config.sample.t_max) if interval is None
+                  else map(float, interval))
+  if not omega >= 1.0:
+    raise ConfigError(f"omega must be >= 1 (1: no guidance); got {omega}.")
+  if not 0.0 <= t_min <= t_max <= 1.0:
+    raise ConfigError(f"the guidance interval needs 0 <= t_min <= t_max <= 1; got "
+                      f"[{t_min}, {t_max}].")
+  top = 1.0 + config.imf.s_max
+  if omega > top:
+    ckpt_lib.warn(f"omega {omega:g} lies outside the range this run was trained on [1, "
+                  f"{top:g}] (imf.s_max = {config.imf.s_max:g}); the network extrapolates.")
+  return omega, (t_min, t_max)
 
 
 def make_sampler(config, model, params, method=None, devices=None, data_stats=None):
@@ -123,6 +155,10 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
   class-conditional model for those classes (guided as it was trained); None, or
   the null class `num_classes`, gives unconditional samples. Unconditional models
   ignore `y`.
+
+  iMF runs with guidance conditions take `omega` and `interval=(t_min, t_max)` per
+  call (default: the config's `sample.omega`, `sample.t_min`, `sample.t_max`;
+  `check_guidance`): one compiled program serves every omega.
   """
   method = method or config.sample.method
   if method not in sampling.METHODS:
@@ -143,8 +179,9 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
       a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
     return jax.device_put(a, rows)
 
-  def sample(eps, nfe, y=None):
+  def sample(eps, nfe, y=None, omega=None, interval=None):
     nfe = int(nfe)
+    guidance = check_guidance(config, omega, interval)
     if k:
       y = jnp.full((eps.shape[0],), k, jnp.int32) if y is None else jnp.asarray(y, jnp.int32)
       if y.shape != (eps.shape[0],):
@@ -159,7 +196,11 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
     objective.check_nfe(nfe, method)
     b = eps.shape[0]
     eps = jnp.asarray(eps)
-    out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b))[:b]
+    g = None
+    if guidance is not None:
+      (w, (lo, hi)), full = guidance, lambda v: split(jnp.full((b,), v, jnp.float32), b)
+      g = {"omega": full(w), "t_min": full(lo), "t_max": full(hi)}
+    out = _sample(params, split(eps, b), nfe, None if y is None else split(y, b), g)[:b]
     return out if data_stats is None else data_stats.invert(out)
 
   return sample

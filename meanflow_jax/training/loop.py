@@ -142,9 +142,14 @@ def _make_preview(config, model, source, mesh, prior):
   eps, y = _preview_inputs(config, source, prior)
   method = config.sample.method
   evaluations = objective.preview_nfe(nfe, method)  # e.g. Heun: at least one whole step
+  guidance = inference.check_guidance(config, None, None)  # iMF: the config's sample.omega
+  if guidance is not None:
+    full = lambda v: jnp.full((eps.shape[0],), v, jnp.float32)
+    omega, (t_min, t_max) = guidance
+    guidance = {"omega": full(omega), "t_min": full(t_min), "t_max": full(t_max)}
   # Replicated output: every process holds the samples; process 0 draws them.
   jitted = jax.jit(lambda params: inference.draw(config.objective, model, method, params, eps,
-                                                 evaluations, y),
+                                                 evaluations, y, guidance),
                    out_shardings=sharding.replicated(mesh))
   stats = data_stats(source)
   to_data = (lambda x: x) if stats is None else stats.invert

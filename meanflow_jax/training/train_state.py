@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from meanflow_jax import models
+from meanflow_jax import models, objectives
 from meanflow_jax.errors import ConfigError
 
 
@@ -41,6 +41,15 @@ def build_model(config):
     kwargs["dtype"] = jnp.dtype(m.dtype)
   if m.num_classes:
     kwargs["num_classes"] = m.num_classes
+  # The objective's heads and conditions; left out when off, so that models without
+  # these attributes (and runs saved before them) build as before.
+  objective = objectives.get(config.get("objective", "meanflow"))  # a model section alone: MF
+  if "v" in objective.heads:
+    kwargs["v_head"] = True
+  if objective.conditions and m.num_classes:
+    kwargs["guided"] = True
+  if m.get("prediction", "u") != "u":
+    kwargs["prediction"] = m.prediction
   try:
     return models.build(m.name, m.variant or None, **kwargs)
   except (TypeError, ValueError) as e:
@@ -59,23 +68,43 @@ def check_model_fits(model, data_shape):
     raise ConfigError(f"the model does not fit data of shape {tuple(data_shape)}: {e}") from e
 
 
-def make_optimizer(opt, total_steps):
-  """optax transform from the `optimizer` config section."""
+def _schedule(opt, total_steps, peak):
+  """The learning rate over steps: warm-up to `peak`, then constant or cosine decay."""
   if opt.schedule == "constant":
-    lr = optax.constant_schedule(opt.lr)
+    lr = optax.constant_schedule(peak)
   elif opt.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(opt.lr, max(1, total_steps - opt.warmup_steps))
+    lr = optax.cosine_decay_schedule(peak, max(1, total_steps - opt.warmup_steps))
   else:
     raise ValueError(f"unknown optimizer.schedule {opt.schedule!r}; use 'constant' or 'cosine'.")
   if opt.warmup_steps:
     lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, opt.lr, opt.warmup_steps), lr], [opt.warmup_steps])
-  if opt.name == "adamw":
-    tx = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-  elif opt.name == "adam":
-    tx = optax.adam(lr, b1=opt.b1, b2=opt.b2)
-  else:
-    raise ValueError(f"unknown optimizer.name {opt.name!r}; use 'adam' or 'adamw'.")
+        [optax.linear_schedule(0.0, peak, opt.warmup_steps), lr], [opt.warmup_steps])
+  return lr
+
+
+def _muon(opt, lr, schedule):
+  """Muon (Newton-Schulz orthogonalised momentum, 0.95) on 2-D kernels at
+  `optimizer.muon_lr`; AdamW (lr, b1, b2, weight_decay) on everything else."""
+  return optax.contrib.muon(schedule(opt.muon_lr), beta=0.95, weight_decay=opt.weight_decay,
+                            adam_b1=opt.b1, adam_b2=opt.b2, adam_weight_decay=opt.weight_decay,
+                            adam_learning_rate=lr)
+
+
+OPTIMIZERS = {
+    "adam": lambda opt, lr, schedule: optax.adam(lr, b1=opt.b1, b2=opt.b2),
+    "adamw": lambda opt, lr, schedule: optax.adamw(lr, b1=opt.b1, b2=opt.b2,
+                                                   weight_decay=opt.weight_decay),
+    "muon": _muon,
+}
+
+
+def make_optimizer(opt, total_steps):
+  """optax transform from the `optimizer` config section."""
+  lr = _schedule(opt, total_steps, opt.lr)
+  build = OPTIMIZERS.get(opt.name)
+  if build is None:
+    raise ValueError(f"unknown optimizer.name {opt.name!r}; use one of {sorted(OPTIMIZERS)}.")
+  tx = build(opt, lr, lambda peak: _schedule(opt, total_steps, peak))
   if opt.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
   return tx

@@ -5,6 +5,7 @@ import optax
 
 from meanflow_jax import objectives, paths
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.objectives.registry import guidance_active  # noqa: F401  (re-exported)
 
 
 def _per_sample_bernoulli(key, p, b):
@@ -12,34 +13,26 @@ def _per_sample_bernoulli(key, p, b):
   return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), p))(jnp.arange(b))
 
 
-def guidance_active(guidance_cfg, num_classes):
-  """Whether the target needs the guided velocity (two extra forward passes)."""
-  return bool(num_classes) and (guidance_cfg.omega != 1.0 or guidance_cfg.kappa != 0.0)
-
-
 def guided_target_velocity(apply_fn, params, x, eps, t, y, is_null, guidance_cfg, num_classes):
-  """v~ of `objectives.guided_velocity` with u(z_t, t, t | y) and u(z_t, t, t | null)
-  from `params` (one batched pass, no dropout, stop-gradient): `[B, ...]`.
+  """MeanFlow's guided v~ (`Objective.targets`) with `apply_fn(params, z, r, t, y)`: `[B, ...]`.
 
   Samples whose label was dropped (`is_null`), and times outside the guidance
   interval, keep v_t = eps - x.
   """
-  z = paths.interpolate(x, eps, t)
-  null = jnp.full_like(y, num_classes)
-  both = apply_fn(params, jnp.concatenate([z, z]), jnp.concatenate([t, t]),
-                  jnp.concatenate([t, t]), jnp.concatenate([y, null]))
-  u_cond, u_uncond = jnp.split(jax.lax.stop_gradient(both), 2)
-  return objectives.guided_velocity(
-      paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t,
-      omega=guidance_cfg.omega, kappa=guidance_cfg.kappa,
-      t_interval=(guidance_cfg.t_min, guidance_cfg.t_max), is_null=is_null)
+  net = lambda z, r, t, cond: apply_fn(params, z, r, t, cond["y"])
+  _, v = objectives.Objective().targets(None, net, x, eps, t=t, r=t, y=y, is_null=is_null,
+                                        cond={}, guidance_cfg=guidance_cfg, imf_cfg=None,
+                                        num_classes=num_classes)
+  return v
 
 
 def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays,
-               guidance_cfg=None, num_classes=0, prior=None):
+               guidance_cfg=None, num_classes=0, prior=None, imf_cfg=None):
   """state, batch (x `[B, ...]`, y int `[B]`[, eps `[B, ...]`]), base key -> (new state, metrics).
 
-  `objective` is a registered name (`objectives.names()`): its times and its loss.
+  `objective` is a registered name (`objectives.names()`): its times, its targets (and
+  the network conditions they draw) and its loss. `apply_fn(params, z, r, t, y, **cond)`
+  is the model's apply (`cond`: its guidance conditions, if any).
 
   The source sample paired with each x is `prior.couple(key, x)` (`priors.Prior`;
   None: independent N(0, I) noise), or the batch's own eps when it carries one
@@ -59,6 +52,8 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   x, y = batch[:2]
   key = jax.random.fold_in(base_key, state.step)
   key_eps, key_time, key_drop, key_dropout = jax.random.split(key, 4)
+  # A fifth key from fold_in, so the four above stay those of runs saved before it.
+  key_target = jax.random.fold_in(key, 5)
   b = x.shape[0]
   if len(batch) == 3:
     eps = batch[2]
@@ -72,22 +67,25 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   obj = objectives.get(objective)
   t, r = obj.sample_times(key_time, b, time_cfg)
 
-  v = None
+  y_true, is_null, cond = None, None, {}
   if num_classes:
     if guidance_cfg is None:
       raise ConfigError("a class-conditional step needs guidance_cfg (label_dropout, omega, "
                         "kappa, t_min, t_max).")
-    null = jnp.full_like(y, num_classes)
+    y_true = y
     is_null = _per_sample_bernoulli(key_drop, guidance_cfg.label_dropout, b)
-    y_in = jnp.where(is_null, null, y)
-    if guidance_active(guidance_cfg, num_classes):
-      v = guided_target_velocity(apply_fn, state.params, x, eps, t, y, is_null, guidance_cfg,
-                                 num_classes)
-  else:
-    y_in = None
+    cond = {"y": jnp.where(is_null, jnp.full_like(y, num_classes), y)}
+
+  def call(params, z, r, t, cond, **kwargs):
+    cond = dict(cond)
+    return apply_fn(params, z, r, t, cond.pop("y", None), **cond, **kwargs)
+
+  cond, v = obj.targets(key_target, lambda z, r, t, c: call(state.params, z, r, t, c), x, eps,
+                        t=t, r=r, y=y_true, is_null=is_null, cond=cond,
+                        guidance_cfg=guidance_cfg, imf_cfg=imf_cfg, num_classes=num_classes)
 
   def loss_fn(params):
-    net = lambda z, r, t: apply_fn(params, z, r, t, y_in, train=True, rngs=rngs)
+    net = lambda z, r, t: call(params, z, r, t, cond, train=True, rngs=rngs)
     return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple
 
 from meanflow_jax import models, objectives, priors, sampling, timesteps
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.models.embeddings import PREDICTIONS
+from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import guidance_active
 
 SOURCES = ("mixture", "points", "pairs", "digits", "mnist", "array", "folder", "cifar10", "latents")
@@ -84,20 +86,26 @@ def _mesh_axis(v):
 
 RANGES = (
     Range(("seed",), _at_least(0), ">= 0"),
-    Range(("optimizer.lr", "time.sigma", "loss.c", "data.mixture_std", "data.latent_scale",
+    Range(("sample.omega",), _at_least(1.0), ">= 1 (1: no guidance)"),
+    Range(("imf.s_max", "imf.beta"), _at_least(0), "finite and >= 0"),
+    Range(("optimizer.lr", "optimizer.muon_lr", "time.sigma", "loss.c", "data.mixture_std", "data.latent_scale",
            "model.mlp.time_scale", "model.dit.mlp_ratio", "model.dit.time_scale",
+           "model.imf_dit.mlp_ratio", "model.imf_dit.time_scale",
            "model.unet.time_scale", "guidance.omega"), _above(0), "finite and > 0"),
     Range(("time.mu",), _finite, "finite"),
     Range(("optimizer.b1", "optimizer.b2"), _within(0.0, 1.0), "in [0, 1)"),
     Range(("optimizer.weight_decay", "optimizer.grad_clip", "optimizer.warmup_steps",
            "loss.p", "data.mixture_separation", "prior.noise_std", "guidance.kappa",
-           "train.sample_every", "train.sample_nfe", "model.num_classes"),
+           "train.sample_every", "train.sample_nfe", "model.num_classes",
+           "model.imf_dit.head_depth"),
           _at_least(0), "finite and >= 0 (0: off)"),
     Range(("train.steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
            "train.max_to_keep", "data.mixture_dim", "prior.factor", "prior.fit_examples",
            "sample.num_plot", "sample.grid_per_class", "model.mlp.width", "model.mlp.depth",
            "model.mlp.time_dim", "model.dit.patch_size", "model.dit.hidden_size",
            "model.dit.depth", "model.dit.num_heads", "model.unet.base_channels",
+           "model.imf_dit.patch_size", "model.imf_dit.hidden_size", "model.imf_dit.depth",
+           "model.imf_dit.num_heads",
            "model.unet.num_res_blocks"), _at_least(1), "positive (>= 1)"),
     Range(("model.unet.dropout", "guidance.label_dropout"), _within(0.0, 1.0), "in [0, 1)"),
     Range(("model.unet.channel_mult",), _sizes, "a non-empty list of integers >= 1"),
@@ -188,12 +196,28 @@ READ_WHEN = (
              "their defaults"),
     *_model_sections(),
     # The MLP computes in float32 throughout; only DiT and U-Net take a matmul dtype.
-    ReadWhen(("model.dtype",), ("model.name",), lambda c: c.model.name in ("dit", "unet"),
-             "model.name is dit or unet", "leave model.dtype at 'float32'"),
+    ReadWhen(("model.dtype",), ("model.name",),
+             lambda c: c.model.name in ("dit", "imf_dit", "unet"),
+             "model.name is dit, imf_dit or unet", "leave model.dtype at 'float32'"),
     ReadWhen(("guidance",), ("model.num_classes",), lambda c: c.model.num_classes > 0,
              "model.num_classes > 0 (a class-conditional model)",
              "set model.num_classes to the data's classes, or leave guidance.* at the "
              "defaults"),
+    ReadWhen(("guidance.omega", "guidance.kappa", "guidance.t_min", "guidance.t_max"),
+             ("objective",), lambda c: not _objective_reads(c, "imf"),
+             "the objective folds a fixed guidance into training (meanflow, flow_matching)",
+             "iMF draws omega and the interval per sample (imf.s_max, imf.beta) and takes "
+             "them at sampling (sample.omega, sample.t_min, sample.t_max); leave guidance.* "
+             "but label_dropout at the defaults"),
+    ReadWhen(("imf", "sample.omega", "sample.t_min", "sample.t_max"),
+             ("objective", "model.num_classes"),
+             lambda c: _objective_reads(c, "imf") and c.model.num_classes > 0,
+             "objective = 'imf' with a class-conditional model (guidance conditions)",
+             "set --config.objective=imf and model.num_classes, or leave imf.* and "
+             "sample.omega/t_min/t_max at the defaults"),
+    ReadWhen(("optimizer.muon_lr",), ("optimizer.name",), lambda c: c.optimizer.name == "muon",
+             "optimizer.name = 'muon'", "set --config.optimizer.name=muon, or leave "
+             "optimizer.muon_lr at its default"),
     ReadWhen(("guidance.t_min", "guidance.t_max"), ("guidance.omega", "guidance.kappa"),
              lambda c: guidance_active(c.guidance, c.model.num_classes),
              "guidance is on (guidance.omega != 1 or guidance.kappa != 0)",
@@ -205,13 +229,14 @@ READ_WHEN = (
              "at their defaults"),
     ReadWhen(("time.ratio_r_neq_t",), ("objective",),
              lambda c: _objective_reads(c, "time.ratio_r_neq_t"),
-             "objective = 'meanflow' (flow matching has r = t)",
+             "objective is meanflow or imf (flow matching has r = t)",
              "leave time.ratio_r_neq_t at its default"),
     ReadWhen(("loss.c",), ("loss.p",), lambda c: c.loss.p != 0,
              "loss.p > 0 (p = 0 weighs every sample by 1)", "set loss.p > 0, or leave loss.c "
              "at its default"),
     ReadWhen(("optimizer.weight_decay",), ("optimizer.name",),
-             lambda c: c.optimizer.name == "adamw", "optimizer.name = 'adamw'",
+             lambda c: c.optimizer.name in ("adamw", "muon"),
+             "optimizer.name is adamw or muon",
              "set --config.optimizer.name=adamw, or leave optimizer.weight_decay at 0"),
     ReadWhen(("train.sample_nfe",), ("train.sample_every",), lambda c: c.train.sample_every > 0,
              "train.sample_every > 0 (sample grids during training)",
@@ -299,7 +324,8 @@ def check_config(c, defaults=None, overrides=None):
   if c.data.source in PATH_SOURCES and not c.data.path:
     raise ConfigError(f"data.source = {c.data.source!r} reads data.path; it is empty.")
   _one_of("time.distribution", c.time.distribution, timesteps.DISTRIBUTIONS)
-  _one_of("optimizer.name", c.optimizer.name, ("adam", "adamw"))
+  _one_of("optimizer.name", c.optimizer.name, sorted(ts.OPTIMIZERS))
+  _one_of("model.prediction", c.model.prediction, PREDICTIONS)
   _one_of("optimizer.schedule", c.optimizer.schedule, ("constant", "cosine"))
   _one_of("sample.method", c.sample.method, sampling.METHODS)
   _one_of("sample.params", c.sample.params, ("ema", "raw"))
@@ -314,6 +340,9 @@ def check_config(c, defaults=None, overrides=None):
   if g.kappa >= 1.0:
     raise ConfigError(f"guidance.kappa must be < 1 (the scale is omega / (1 - kappa)); got "
                       f"{g.kappa}.")
+  if not 0.0 <= c.sample.t_min <= c.sample.t_max <= 1.0:
+    raise ConfigError(f"need 0 <= sample.t_min <= sample.t_max <= 1; got "
+                      f"[{c.sample.t_min}, {c.sample.t_max}].")
   if not 0.0 <= c.time.ratio_r_neq_t <= 1.0:
     raise ConfigError(f"time.ratio_r_neq_t must lie in [0, 1]; got {c.time.ratio_r_neq_t}.")
   if not c.train.ema_decays or not all(0.0 <= d < 1.0 for d in c.train.ema_decays):
