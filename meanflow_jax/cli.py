@@ -110,3 +110,15 @@ def interval(values):
     raise ConfigError(f"--interval takes two numbers t_min,t_max (e.g. 0.4,0.65); got "
                       f"{','.join(values)!r}.") from None
   return lo, hi
+
+
+def floats(name, values):
+  """The numbers of a list flag (`--omega 1,2,4`), or None if unset; ConfigError naming
+  the flag for anything else."""
+  if values is None:
+    return None
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ConfigError(f"{name} takes numbers separated by commas (e.g. 1,2,4); got "
+                      f"{','.join(values)!r}.") from None

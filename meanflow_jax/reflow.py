@@ -76,5 +76,6 @@ def sampling_flops(workdir, num, nfe):
   t = jax.ShapeDtypeStruct((num,), jnp.float32)
   y = jax.ShapeDtypeStruct((num,), jnp.int32) if run.num_classes else None
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), run.params)
-  forward = lambda p, z, r, t, y: run.model.apply(p, z, r, t, y)
+  # Through the objective: an iMF network's v head is not evaluated when sampling.
+  forward = lambda p, z, r, t, y: inference.average_velocity(run.config, run.model, p, y)(z, r, t)
   return nfe * _flops(jax.jit(forward).lower(params, z, t, t, y).compile())

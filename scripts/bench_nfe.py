@@ -53,8 +53,8 @@ def forward_seconds(workdir, num, batch, repeats=3):
   run = inference.load_run(workdir)
   eps = paths.sample_noise(jax.random.key(0), num, run.data_shape)
   y = (np.arange(num) % run.num_classes).astype(np.int32) if run.num_classes else None
-  apply = jax.jit(lambda p, z, y: run.model.apply(p, z, jax.numpy.zeros(z.shape[:1]),
-                                                  jax.numpy.ones(z.shape[:1]), y))
+  apply = jax.jit(lambda p, z, y: inference.average_velocity(run.config, run.model, p, y)(
+      z, jax.numpy.zeros(z.shape[:1]), jax.numpy.ones(z.shape[:1])))
   part = lambda i: None if y is None else y[i:i + batch]
   jax.block_until_ready(apply(run.params, eps[:batch], part(0)))
   times = []

@@ -37,9 +37,9 @@ _INCEPTION = flags.DEFINE_string("inception", None, "FID Inception weights (.npz
 _REF = flags.DEFINE_string("ref", None, "FID reference statistics (.npz with mu, sigma; "
                            "scripts/fid_stats.py); default: the run's training data.")
 _BATCH = flags.DEFINE_integer("batch", 500, "Samples per sampler call.")
-_OMEGA = flags.DEFINE_multi_float("omega", None, "iMF, class-conditional: guidance scales to "
-                                  "sample at, all from the one trained model (repeat the flag, "
-                                  "or --omega 1,2,4); default: the run's sample.omega.")
+_OMEGA = flags.DEFINE_list("omega", None, "iMF, class-conditional: guidance scales to sample "
+                           "at, all from the one trained model, e.g. --omega 1,2,4; default: "
+                           "the run's sample.omega.")
 _INTERVAL = flags.DEFINE_list("interval", None, "iMF: the guidance interval t_min,t_max at "
                               "sampling (default: the run's sample.t_min, sample.t_max).")
 flags.mark_flags_as_required(["workdir"])
@@ -64,7 +64,7 @@ def _images(workdir, nfes, config):
   ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
                                 params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
                                 inception=_INCEPTION.value, ref=_REF.value, batch=_BATCH.value,
-                                progress=True, omegas=_OMEGA.value,
+                                progress=True, omegas=cli.floats("--omega", _OMEGA.value),
                                 interval=cli.interval(_INTERVAL.value))
   k, per = config.model.num_classes, config.sample.grid_per_class
   # Keys are NFE, or (NFE, omega) in an omega sweep.

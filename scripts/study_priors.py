@@ -74,7 +74,8 @@ def trajectory_stats(workdir, num, num_steps, num_classes):
   run = inference.load_run(workdir)
   y = (jnp.arange(num) % num_classes).astype(jnp.int32) if run.num_classes else None
   eps = run.prior.sample(jax.random.key(7), num, run.data_shape, y)
-  v_fn = lambda z, t: run.model.apply(run.params, z, t, t, y)
+  u_fn = inference.average_velocity(run.config, run.model, run.params, y)
+  v_fn = lambda z, t: u_fn(z, t, t)
   report = jax.jit(lambda e: straightness.trajectory_report(v_fn, e, num_steps))(eps)
   return {k: float(v) for k, v in report.items()}
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from meanflow_jax import cli, evaluate, objectives, plotting, reflow, training
+from meanflow_jax import cli, evaluate, plotting, reflow, training
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.metrics import straightness, toy
@@ -78,9 +78,8 @@ def model_fields(workdir, num):
   Euler step."""
   run = inference.load_run(workdir)
   y = labels_for(run, num)
-  apply = lambda z, r, t: run.model.apply(run.params, z, r, t, y)
-  v_fn = lambda z, t: apply(z, t, t)
-  u_fn = objectives.get(run.config.objective).average_velocity(apply)
+  u_fn = inference.average_velocity(run.config, run.model, run.params, y)
+  v_fn = lambda z, t: u_fn(z, t, t)
   return v_fn, u_fn
 
 

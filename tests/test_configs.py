@@ -18,8 +18,8 @@ SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
 def _configs():
   for name in CONFIGS:
     module = importlib.import_module(f"configs.{name}")
-    if name == "imagenet_dit":
-      for variant in module.GUIDANCE:
+    if name in ("imagenet_dit", "imagenet_imf"):
+      for variant in getattr(module, "GUIDANCE", getattr(module, "SAMPLING", None)):
         yield f"{name}:{variant}", module.get_config(variant)
     else:
       yield name, module.get_config()
@@ -39,6 +39,10 @@ def test_config_is_valid_and_builds(name, config):
     paper = {"S": 33e6, "B": 131e6, "M": 308e6, "L": 459e6, "XL": 676e6}
     size = config.model.variant.split("/")[0]
     assert abs(count - paper[size]) / paper[size] < 0.01, (name, count)
+  if name.startswith("imagenet_imf"):  # u and v heads (REFERENCE.md, training count)
+    paper = {"B": 145_596_960, "M": 230_570_016, "L": 509_752_352, "XL": 710_113_760}
+    size = config.model.variant.split("/")[0]
+    assert abs(count - paper[size]) / paper[size] < 0.01, (name, count)
   if name == "cifar10":
     assert 50e6 < count < 60e6
 
@@ -51,3 +55,15 @@ def test_imagenet_guidance_settings_follow_the_paper():
   assert b.guidance.omega / (1 - b.guidance.kappa) == pytest.approx(2.0)
   with pytest.raises(ValueError, match="unknown variant"):
     imagenet_dit.get_config("H/2")
+
+
+def test_imagenet_imf_samples_with_the_papers_settings():
+  from configs import imagenet_imf
+  xl = imagenet_imf.get_config("XL/2")
+  assert (xl.objective, xl.model.name, xl.sample.omega, xl.sample.t_min, xl.sample.t_max) == (
+      "imf", "imf_dit", 8.0, 0.42, 0.62)
+  b = imagenet_imf.get_config("B/2")
+  assert (b.sample.omega, b.sample.t_min, b.sample.t_max, b.time.ratio_r_neq_t) == (
+      8.0, 0.4, 0.65, 0.5)
+  with pytest.raises(ValueError, match="unknown variant"):
+    imagenet_imf.get_config("S/2")

@@ -144,3 +144,71 @@ def test_guided_target_one_pass_of_2b_equals_the_reference_passes():
       np.testing.assert_allclose(one_row(i, int(y[i]), float(omega[i])), v_c[i], rtol=1e-6)
   assert float(jnp.abs(v_tilde[1] - v_t[1]).max()) == 0.0  # outside: omega' = 1
   assert float(jnp.abs(v_tilde[0] - v_t[0]).max()) > 0.1
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def _closed_form_net(z, r, t, cond):
+  """A network whose two heads are closed forms of every input, so that each target
+  can be recomputed sample by sample: u = (t - r) z, v = z (1 + y) + omega t + t_max."""
+  e = lambda a: paths.expand_time(a.astype(z.dtype), z)
+  u = e(t - r) * z
+  v = z * e(1.0 + cond["y"]) + e(cond.get("omega", jnp.ones_like(t)) * t + cond.get(
+      "t_max", jnp.ones_like(t)))
+  return u, v
+
+
+def test_imf_targets_per_sample_against_an_independent_computation():
+  """The registered objective's cond and (v_c, v~), conditional, unconditional, inside and
+  outside the interval and for dropped labels, recomputed sample by sample in numpy."""
+  from configs import default
+  obj, k, b = imf.IMF, 10, 64
+  x, eps, _, _ = _batch(jax.random.key(0), b)
+  t = jax.random.uniform(jax.random.key(1), (b,))
+  r = jnp.where(jnp.arange(b) % 2 == 0, t, t * 0.3)
+  y = jnp.arange(b) % k
+  is_null = jnp.arange(b) % 5 == 0
+  seen = jnp.where(is_null, k, y)
+  cfg = default.get_config()
+  cond, (v_c, v_tilde) = obj.targets(jax.random.key(2), _closed_form_net, x, eps, t=t, r=r, y=y,
+                                     is_null=is_null, cond={"y": seen}, guidance_cfg=cfg.guidance,
+                                     imf_cfg=cfg.imf, num_classes=k)
+  z = np.asarray(paths.interpolate(x, eps, t))
+  v_t = np.asarray(eps - x)
+  om, lo, hi = (np.asarray(cond[n]) for n in ("omega", "t_min", "t_max"))
+  inside = outside = 0
+  for i in range(b):
+    if bool(is_null[i]):
+      assert (om[i], lo[i], hi[i]) == (1.0, 0.0, 1.0)
+    if float(r[i]) == float(t[i]):
+      assert (lo[i], hi[i]) == (0.0, 1.0)
+    assert 1.0 <= om[i] <= 8.0
+    ti = float(t[i])
+    w = om[i] if lo[i] <= ti <= hi[i] else 1.0
+    inside, outside = inside + (w != 1.0), outside + (w == 1.0 and om[i] != 1.0)
+    vc = z[i] * (1 + int(seen[i])) + w * ti + 1.0  # h = 0, interval [0, 1]
+    vu = z[i] * (1 + k) + 1.0 * ti + 1.0
+    scale = 0.0 if bool(is_null[i]) else 1.0 - 1.0 / w
+    np.testing.assert_allclose(v_c[i], vc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v_tilde[i], v_t[i] + scale * (vc - vu), rtol=1e-5, atol=1e-5)
+  assert inside > 5 and outside > 5  # both cases were exercised
+  # Unconditional: no guidance conditions, v~ = v_t, the tangent is the v head at h = 0.
+  cond_u, (vc_u, vt_u) = obj.targets(jax.random.key(2), lambda z, r, t, c: _closed_form_net(
+      z, r, t, dict(c, y=jnp.zeros_like(t))), x, eps, t=t, r=r, y=None, is_null=None,
+      cond={}, guidance_cfg=cfg.guidance, imf_cfg=cfg.imf, num_classes=0)
+  assert cond_u == {}
+  np.testing.assert_allclose(vt_u, v_t, rtol=1e-6)
+  np.testing.assert_allclose(vc_u, z + np.asarray(t)[:, None] + 1.0, rtol=1e-5, atol=1e-6)
+
+
+def test_imf_generation_takes_nfe_jumps_of_u():
+  """`generate` is MeanFlow's sampler on the u head (the v head is ignored): at the exact
+  Gaussian field 1 and 3 jumps equal `sampling.meanflow_sample`'s."""
+  from meanflow_jax import sampling
+  eps = jax.random.normal(jax.random.key(3), (32, 3))
+  junk = lambda z, r, t: (GAUSS.average_velocity(z, r, t), jnp.full_like(z, jnp.nan))
+  for nfe in (1, 3):
+    np.testing.assert_allclose(imf.IMF.generate(junk, eps, nfe, None),
+                               sampling.meanflow_sample(GAUSS.average_velocity, eps, nfe),
+                               rtol=1e-6)

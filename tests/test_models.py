@@ -57,7 +57,8 @@ def test_registry():
 
 
 def test_registry_variants_and_overrides():
-  assert models.available() == ["dit", "mlp", "unet"]
+  assert models.available() == ["dit", "imf_dit", "mlp", "unet"]
+  assert models.variants("imf_dit")[:4] == ["B/2", "B/4", "B/8", "M/2"]
   assert models.variants("mlp") == []
   assert models.variants("unet") == ["cifar10", "small"]
   assert len(models.variants("dit")) == 15 and {"S/8", "B/4", "XL/2"} <= set(models.variants("dit"))
@@ -82,3 +83,56 @@ def test_param_count_uses_shapes_only():
   # Boxed values carry their logical axis names; unbox gives plain arrays.
   assert nn.get_partition_spec(variables)["params"]["in"]["kernel"] == P(None, "embed")
   assert all(isinstance(p, jax.Array) for p in jax.tree.leaves(nn.unbox(variables)))
+
+
+# ----------------------------------------------------------------------------- iMF heads
+
+
+IMAGE_MODELS = {
+    "mlp": (dict(width=16, depth=1, time_dim=8), (6,)),
+    "dit": (dict(patch_size=2, hidden_size=32, depth=1, num_heads=2), (4, 4, 1)),
+    "unet": (dict(base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                  dropout=0.0), (4, 4, 1)),
+}
+NEW_NAMES = {"mlp": {"out_v"}, "dit": {"final_v"}, "unet": {"conv_out_v"}}
+
+
+def _init(name, **kw):
+  args, shape = IMAGE_MODELS[name]
+  m = models.build(name, num_classes=3, **args, **kw)
+  z = jax.random.normal(jax.random.key(0), (2, *shape))
+  t, r, y = jnp.array([0.9, 0.02]), jnp.array([0.3, 0.0]), jnp.array([1, 3])
+  return m, nn.meta.unbox(m.init(jax.random.key(1), z, r, t, y)), (z, r, t, y)
+
+
+@pytest.mark.parametrize("name", list(IMAGE_MODELS))
+def test_v_head_and_guidance_add_parameters_and_keep_the_old_ones(name):
+  """Checkpoints of models built before stay loadable: without the new options the
+  parameter tree is what it was; the options only add their own entries."""
+  _, plain, _ = _init(name)
+  _, full, (z, r, t, y) = _init(name, v_head=True, guided=True)
+  old, new = set(plain["params"]), set(full["params"])
+  assert old < new
+  assert new - old == NEW_NAMES[name] | {"omega_embed", "tmin_embed", "tmax_embed"}
+  for k in old:
+    assert jax.tree.map(jnp.shape, plain["params"][k]) == jax.tree.map(jnp.shape,
+                                                                      full["params"][k])
+
+
+@pytest.mark.parametrize("name", list(IMAGE_MODELS))
+def test_x_prediction_is_u_of_the_predicted_data(name):
+  """prediction="x": u = (z - x) / max(t, 0.05) with x the network's output, on the same
+  parameters; finite with a finite du/dt at t -> 0."""
+  m_u, params, (z, r, t, y) = _init(name)
+  m_x, _, _ = _init(name, prediction="x")
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(5), a.shape),
+                        params)
+  x_out = m_u.apply(params, z, r, t, y)  # the same network, read as x
+  floor = jnp.maximum(t, 0.05).reshape((-1,) + (1,) * (z.ndim - 1))
+  np.testing.assert_allclose(m_x.apply(params, z, r, t, y), (z - x_out) / floor, rtol=1e-5,
+                             atol=1e-5)
+  tiny = jnp.zeros_like(t)
+  _, du = jax.jvp(lambda tt: m_x.apply(params, z, tiny, tt, y), (tiny,), (jnp.ones_like(t),))
+  assert bool(jnp.all(jnp.isfinite(du)))
+  with pytest.raises(ValueError, match="prediction must be one of"):
+    _init(name, prediction="eps")

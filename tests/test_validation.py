@@ -83,6 +83,14 @@ def test_the_readme_points_command_is_refused_naming_the_fix():
     ("toy", {"sample.method": "heun"}, "sample.method", "objective = 'meanflow'"),
     ("digits", {"sample.num_plot": 100}, "sample.num_plot", "data.source = 'digits'"),
     ("toy", {"sample.grid_per_class": 4}, "sample.grid_per_class", "data.source = 'mixture'"),
+    # iMF's keys with MeanFlow, MeanFlow's fixed guidance with iMF, guidance at sampling
+    # without classes, Muon's rate with AdamW.
+    ("digits", {"imf.s_max": 3.0}, "imf.s_max", "objective = 'meanflow'"),
+    ("digits", {"sample.omega": 3.0}, "sample.omega", "objective = 'meanflow'"),
+    ("digits", {"objective": "imf", "guidance.kappa": 0.5}, "guidance.kappa",
+     "objective = 'imf'"),
+    ("toy", {"objective": "imf", "sample.t_min": 0.3}, "sample.t_min", "model.num_classes = 0"),
+    ("toy", {"optimizer.muon_lr": 0.05}, "optimizer.muon_lr", "optimizer.name = 'adamw'"),
 ])
 def test_a_set_key_that_the_run_does_not_read_is_an_error(base, values, key, decider):
   c = override({"toy": toy, "digits": digits}[base].get_config(), values)
@@ -111,13 +119,18 @@ def test_keys_the_file_set_for_a_choice_the_command_line_changed_are_not_errors(
 
 
 def _shipped():
-  from configs import cifar10, imagenet_dit, mnist
+  from configs import cifar10, digits_imf, imagenet_dit, imagenet_imf, mnist, toy_imf
   yield "toy", toy.get_config()
+  yield "toy_imf", toy_imf.get_config()
   yield "digits", digits.get_config()
+  yield "digits_imf", digits_imf.get_config()
   yield "mnist", mnist.get_config()
   yield "cifar10", cifar10.get_config()
   for variant in imagenet_dit.GUIDANCE:
     yield f"imagenet_dit:{variant}", override(imagenet_dit.get_config(variant),
+                                              {"data.path": "latents.npz"})
+  for variant in imagenet_imf.SAMPLING:
+    yield f"imagenet_imf:{variant}", override(imagenet_imf.get_config(variant),
                                               {"data.path": "latents.npz"})
 
 
@@ -182,6 +195,12 @@ def test_values_that_wreck_a_run_are_refused(values, key):
     ({"prior.name": "lowfreq", "prior.factor": 0}, "prior.factor"),
     ({"prior.name": "lowfreq", "prior.noise_std": -1.0}, "prior.noise_std"),
     ({"sample.grid_per_class": 0}, "sample.grid_per_class"),
+    ({"objective": "imf", "guidance.kappa": 0.0, "sample.omega": 0.5}, "sample.omega"),
+    ({"objective": "imf", "guidance.kappa": 0.0, "sample.t_min": 0.7, "sample.t_max": 0.6},
+     "sample.t_min"),
+    ({"objective": "imf", "guidance.kappa": 0.0, "imf.s_max": -1.0}, "imf.s_max"),
+    ({"model.prediction": "eps"}, "model.prediction"),
+    ({"optimizer.name": "lion"}, "optimizer.name"),
 ])
 def test_image_values_that_wreck_a_run_are_refused(values, key):
   c = override(digits.get_config(), values)

@@ -108,6 +108,15 @@ def draw(objective, model, method, params, eps, nfe, y, guidance=None):
   return objectives.get(objective).generate(net, eps, nfe, method)
 
 
+def average_velocity(config, model, params, y=None, guidance=None):
+  """`u(z, r, t)` of a trained network through its objective (`Objective.average_velocity`):
+  the u head of a two-head (iMF) model, one Euler step of a flow-matching v; u(z, t, t) is
+  the instantaneous velocity. `guidance`: as in `draw`."""
+  guidance = guidance or {}
+  net = lambda z, r, t: model.apply(params, z, r, t, y, **guidance)
+  return objectives.get(config.objective).average_velocity(net)
+
+
 def check_guidance(config, omega, interval):
   """(omega, (t_min, t_max)) to sample a guidance-conditioned run with: the arguments, or
   the config's `sample.omega` / `sample.t_min`, `sample.t_max` where None.
