@@ -80,9 +80,10 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
   return path
 
 
-def metrics_vs_omega(rows, metrics, path, floor=None):
+def metrics_vs_omega(rows, metrics, path, floor=None, log_metrics=()):
   """One panel per metric: value against the sampling-time guidance scale omega, a line
-  per (method, NFE); `floor`: optional {metric: value of real data}, drawn dashed.
+  per (method, NFE); `floor`: optional {metric: value of real data}, drawn dashed;
+  `log_metrics` on a log axis.
 
   Args:
     rows: dicts with "method", "nfe", "omega" and each metric.
@@ -98,7 +99,8 @@ def metrics_vs_omega(rows, metrics, path, floor=None):
               label=f"{method}, {nfe} NFE")
     if m in floor:
       ax.axhline(floor[m], color="0.5", ls="--", lw=1, label="real data")
-    ax.set(xlabel="guidance scale omega (sampling)", title=m)
+    ax.set(xlabel="guidance scale omega (sampling)", title=m,
+           yscale="log" if m in log_metrics else "linear")
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

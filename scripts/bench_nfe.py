@@ -3,6 +3,8 @@
   python scripts/bench_nfe.py --config configs/toy.py --workdir runs/bench_toy
   python scripts/bench_nfe.py --config configs/digits.py --workdir runs/bench_digits \
       --fm_nfe 1,2,4,8,16,32 --num 2000
+  python scripts/bench_nfe.py --config configs/digits.py --workdir runs/bench_digits \
+      --imf_config configs/digits_imf.py --omega 1,1.5,2,3 --num 2000
 
 Trains (or resumes) WORKDIR/meanflow and WORKDIR/flow_matching from the same config,
 evaluates MeanFlow at --mf_nfe and flow matching (Euler, Heun) at --fm_nfe on the
@@ -15,6 +17,11 @@ Sampling speed, in the same run: `sample_s` (seconds to draw --num samples, comp
 beforehand) for every row; the bare network forward pass over the same noise
 against the 1-NFE MeanFlow sampler; and, for each method, the fastest setting
 that reaches 1-NFE MeanFlow's quality (WORKDIR/bench_speed.md).
+
+With --imf_config, an Improved MeanFlow run is trained from that config into WORKDIR/imf
+(its own recipe: the v head, guidance drawn per sample) and evaluated at --mf_nfe; a
+class-conditional one at each guidance scale of --omega, all from the one model, one
+line per omega in the table and plot.
 """
 import json
 import os
@@ -27,6 +34,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from meanflow_jax import cli, evaluate, objectives, paths, plotting, training
+from meanflow_jax.errors import ConfigError
 from meanflow_jax.training import inference
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of both runs.",
@@ -39,6 +47,11 @@ _NUM = flags.DEFINE_integer("num", None, "Samples per evaluation (default 20000 
                             "2000 for images).")
 _FM_LOSS_P = flags.DEFINE_float("fm_loss_p", 0.0, "Adaptive-weight power of the flow-matching "
                                 "run (0: the plain squared error of flow matching).")
+_IMF_CONFIG = config_flags.DEFINE_config_file("imf_config", None, "Optional config of an iMF "
+                                              "run to compare (e.g. configs/digits_imf.py).",
+                                              lock_config=True)
+_OMEGA = flags.DEFINE_list("omega", None, "iMF, class-conditional: guidance scales to sample "
+                           "at (default: the iMF config's sample.omega).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
@@ -90,12 +103,32 @@ def speed_report(rows, metric, forward_s):
   return "\n".join(lines)
 
 
-def _evaluate(workdir, nfes, method, toy):
+def _evaluate(workdir, nfes, method, toy, omegas=None):
   if toy:
     return evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, method=method,
                                  batch=BATCH[toy], progress=True)
   return evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, method=method,
-                                  batch=BATCH[toy], progress=True)
+                                  batch=BATCH[toy], progress=True, omegas=omegas)
+
+
+def _imf_rows(toy):
+  """Rows and panels of the iMF run of --imf_config (trained or resumed): one method per
+  guidance scale."""
+  config = _IMF_CONFIG.value
+  if config.objective != "imf":
+    raise ConfigError(f"--imf_config must train objective 'imf'; it sets {config.objective!r}.")
+  workdir = os.path.join(_WORKDIR.value, "imf")
+  training.train(config, workdir)
+  omegas = cli.floats("--omega", _OMEGA.value) if config.model.num_classes else None
+  ev = _evaluate(workdir, [int(k) for k in _MF_NFE.value], None, toy, omegas)
+  train_s = evaluate.training_seconds(workdir)
+  for r in ev.rows:
+    r["train_s"] = train_s
+    if "omega" in r:
+      r["method"] = f"imf, omega {r['omega']:g}"
+  name = lambda key: (f"imf, omega {key[1]:g}, {key[0]} NFE" if isinstance(key, tuple)
+                      else f"imf, {key} NFE")
+  return ev.rows, [(name(k), _panel(ev, x, config)) for k, x in ev.samples.items()]
 
 
 def main(argv):
@@ -123,6 +156,11 @@ def main(argv):
       if method != "heun":
         panels += [(f"{ev.rows[0]['method']}, {k} NFE", _panel(ev, x, config))
                    for k, x in ev.samples.items()]
+  if _IMF_CONFIG.value is not None:
+    imf_rows, imf_panels = _imf_rows(toy)
+    rows, panels = rows + imf_rows, panels + imf_panels
+  elif _OMEGA.value:
+    raise ConfigError("--omega needs --imf_config (the guidance scales of an iMF run).")
   base = os.path.join(_WORKDIR.value, "bench")
   num = _NUM.value or (20_000 if toy else 2_000)
   forward_s = forward_seconds(os.path.join(_WORKDIR.value, "meanflow"), num, BATCH[toy])

@@ -82,7 +82,7 @@ def _images(workdir, nfes, config):
   if _OMEGA.value and "clf_fd" in ev.rows[0]:
     metrics = ["clf_fd", "agreement"] if "agreement" in ev.rows[0] else ["clf_fd"]
     plotting.metrics_vs_omega(ev.rows, metrics, os.path.join(workdir, "eval_omega.png"),
-                              floor=ev.floor)
+                              floor=ev.floor, log_metrics=("clf_fd",))
     print(f"wrote {workdir}/eval_omega.png")
     columns = columns[:2] + ["omega"] + columns[2:]
   if "classifier_heldout_accuracy" in ev.floor:

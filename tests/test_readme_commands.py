@@ -74,11 +74,19 @@ SHORT = ["--config.train.batch_size=16", "--config.train.steps=4", "--config.tra
 
 
 UNET = ["--config.model.unet.base_channels=16", "--config.model.unet.num_res_blocks=1"]
+IMF_DIT = ["--config.model.imf_dit.hidden_size=32", "--config.model.imf_dit.depth=2",
+           "--config.model.imf_dit.num_heads=2", "--config.model.imf_dit.head_depth=1"]
 
 
-def _model_args(argv):
-  name = os.path.basename((_flag(argv, "config") or "configs/toy.py").split(":")[0])
-  return {"toy.py": MLP, "cifar10.py": UNET}.get(name, DIT)
+def _model_args(argv, flag="config"):
+  name = os.path.basename((_flag(argv, flag) or "configs/toy.py").split(":")[0])
+  return {"toy.py": MLP, "toy_imf.py": MLP, "cifar10.py": UNET,
+          "imagenet_imf.py": IMF_DIT}.get(name, DIT)
+
+
+def _for(flag, args):
+  """`args` (--config.x=v flags) for the config file of flag `flag` instead."""
+  return [a.replace("--config.", f"--{flag}.", 1) for a in args]
 
 
 def tiny_args(argv):
@@ -94,7 +102,9 @@ def tiny_args(argv):
       "evaluate.py": ["--num", "200"],
       "make_pairs.py": ["--num", "256", "--nfe", "4"],
       "bench_nfe.py": _model_args(argv) + SHORT + ["--num", "200", "--mf_nfe", "1",
-                                                    "--fm_nfe", "1,2"],
+                                                    "--fm_nfe", "1,2"] + (
+          _for("imf_config", _model_args(argv, "imf_config") + SHORT)
+          if _flag(argv, "imf_config") else []),
       "study_straight_gaussians.py": ["--stds", "0.5", "--dims", "2", "--num", "64",
                                       "--num_steps", "8"],
       "study_obstruction.py": ["--dims", "2", "--separations", "1,4", "--steps", "4",
