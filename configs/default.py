@@ -160,8 +160,9 @@ def get_config():
   c.sample.method = "euler"   # flow-matching solver: "euler" | "heun"
   c.sample.omega = 1.0        # iMF, class-conditional: guidance scale at sampling (1: none);
                               # trained on [1, 1 + imf.s_max]
-  c.sample.t_min = 0.0        # iMF: the guidance interval [t_min, t_max] at sampling
-  c.sample.t_max = 1.0
+  c.sample.t_min = 0.0        # iMF: the guidance interval [t_min, t_max] at sampling; training
+  c.sample.t_max = 1.0        # draws t_min in [0, 0.5], t_max in [0.5, 1] for r != t ([0, 1]
+                              # only where r = t): pick one inside those ranges
   c.sample.num_plot = 4_000   # points in the scatter PNG
   c.sample.grid_per_class = 10  # images: samples per class (row) in the grid PNGs
 

@@ -45,10 +45,10 @@ def test_sample_at_a_guidance_scale_chosen_now(imf_digits, tmp_path):
     assert out[name].shape == (20, 8, 8, 1) and np.all(np.isfinite(out[name]))
   assert np.abs(out["w4"] - out["w1"]).max() > 1e-6  # omega is a condition of the network
   assert (tmp_path / "w4.png").stat().st_size > 1000
-  # Outside the trained range [1, 1 + imf.s_max = 8]: a warning, and samples all the same.
+  # Outside the trained range [1, 1 + imf.s_max = 4]: a warning, and samples all the same.
   proc = run("sample.py", "--workdir", str(imf_digits), "--nfe", "1", "--num", "4",
              "--omega", "12", "--out", str(tmp_path / "far.npy"))
-  assert proc.returncode == 0 and "outside the range this run was trained on [1, 8]" in \
+  assert proc.returncode == 0 and "outside the range this run was trained on [1, 4]" in \
       proc.stderr, proc.stderr[-2000:]
   for args, needle in [(["--omega", "0.5"], "omega must be >= 1"),
                        (["--interval", "0.7,0.2"], "0 <= t_min <= t_max <= 1"),
