@@ -46,3 +46,21 @@ def test_muon_lr_scales_only_the_matrices():
   b = _first_update("muon", grads, **{"optimizer.muon_lr": 0.04})
   np.testing.assert_allclose(b["kernel"], 2 * a["kernel"], rtol=1e-5)
   np.testing.assert_allclose(b["bias"], a["bias"], rtol=1e-6)
+
+
+def test_muon_and_x_prediction_train_save_and_resume(tmp_path):
+  """Muon's state (optax masks its two halves: leaves with no array) shards, saves and
+  restores; an x-prediction iMF run trains through the loop and resumes."""
+  from meanflow_jax import training
+  from meanflow_jax.training import inference
+  from tests.test_training import tiny_config
+  c = tiny_config(**{"objective": "imf", "optimizer.name": "muon", "model.prediction": "x",
+                     "train.steps": 4, "train.checkpoint_every": 2, "train.log_every": 2,
+                     "time.ratio_r_neq_t": 0.5})
+  training.train(c, str(tmp_path))
+  c.train.steps = 6
+  training.train(c, str(tmp_path))
+  run = inference.load_run(str(tmp_path))
+  assert run.model.prediction == "x" and run.model.v_head
+  x = inference.make_sampler(run.config, run.model, run.params)(jnp.ones((4, 2)), 2)
+  assert x.shape == (4, 2) and bool(jnp.all(jnp.isfinite(x)))

@@ -76,7 +76,11 @@ def state_shardings(boxed_abstract, mesh, rules=RULES, min_size=MIN_SHARDED_SIZE
   parameters are `nn.Partitioned` boxes of `jax.ShapeDtypeStruct`s)."""
   logical = nn.get_partition_spec(boxed_abstract)
   shapes = nn.meta.unbox(boxed_abstract)
-  specs = jax.tree.map(lambda spec, x: _mesh_spec(spec, x.shape, mesh, rules, min_size),
+  # Entries without a shape (optax's MaskedNode: Muon masks its AdamW and Muon halves of
+  # the state) hold no array; they stay as they are, so the shardings keep the state's
+  # structure.
+  specs = jax.tree.map(lambda spec, x: (_mesh_spec(spec, x.shape, mesh, rules, min_size)
+                                        if hasattr(x, "shape") else x),
                        logical, shapes, is_leaf=lambda s: isinstance(s, P))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                       is_leaf=lambda s: isinstance(s, P))
