@@ -18,8 +18,10 @@ SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
 def _configs():
   for name in CONFIGS:
     module = importlib.import_module(f"configs.{name}")
-    if name in ("imagenet_dit", "imagenet_imf"):
-      for variant in getattr(module, "GUIDANCE", getattr(module, "SAMPLING", None)):
+    variants = getattr(module, "GUIDANCE", getattr(module, "SAMPLING",
+                                                    getattr(module, "VARIANTS", None)))
+    if variants:
+      for variant in variants:
         yield f"{name}:{variant}", module.get_config(variant)
     else:
       yield name, module.get_config()
@@ -67,3 +69,12 @@ def test_imagenet_imf_samples_with_the_papers_settings():
       8.0, 0.4, 0.65, 0.5)
   with pytest.raises(ValueError, match="unknown variant"):
     imagenet_imf.get_config("S/2")
+
+
+def test_mnist_cpu_budget_variant():
+  from configs import mnist, mnist_imf
+  cpu, imf = mnist.get_config("cpu"), mnist_imf.get_config("cpu")
+  assert (cpu.model.dit.patch_size, cpu.train.steps) == (7, 4000)
+  assert (imf.model.dit.patch_size, imf.train.steps, imf.objective) == (7, 4000, "imf")
+  with pytest.raises(ValueError, match="variants"):
+    mnist.get_config("XL/2")

@@ -119,12 +119,14 @@ def test_keys_the_file_set_for_a_choice_the_command_line_changed_are_not_errors(
 
 
 def _shipped():
-  from configs import cifar10, digits_imf, imagenet_dit, imagenet_imf, mnist, toy_imf
+  from configs import cifar10, digits_imf, imagenet_dit, imagenet_imf, mnist, mnist_imf, toy_imf
   yield "toy", toy.get_config()
   yield "toy_imf", toy_imf.get_config()
   yield "digits", digits.get_config()
   yield "digits_imf", digits_imf.get_config()
-  yield "mnist", mnist.get_config()
+  for variant in mnist.VARIANTS:
+    yield f"mnist:{variant}", mnist.get_config(variant)
+    yield f"mnist_imf:{variant}", mnist_imf.get_config(variant)
   yield "cifar10", cifar10.get_config()
   for variant in imagenet_dit.GUIDANCE:
     yield f"imagenet_dit:{variant}", override(imagenet_dit.get_config(variant),
