@@ -122,6 +122,9 @@ def get_config():
   c.loss = ml_collections.ConfigDict()
   c.loss.p = 1.0             # adaptive weight 1/(err + c)^p; 0 = plain squared error
   c.loss.c = 1e-3
+  c.loss.features = ""       # extra term in a frozen network's features (pMF's perceptual
+                             # loss): a name registered in objectives.features; "" none
+  c.loss.features_weight = 1.0  # its weight (read when loss.features is set)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # "adam" | "adamw" | "muon" (Muon on matrices, AdamW (b1, b2,

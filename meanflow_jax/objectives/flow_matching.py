@@ -20,10 +20,10 @@ class FlowMatching(Objective):
                            sigma=time_cfg.sigma)
     return t, t
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg):
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
     del r  # r = t
     return losses.flow_matching_loss(lambda z, t: net(z, t, t), x, eps, t=t, v=v,
-                                     p=loss_cfg.p, c=loss_cfg.c)
+                                     p=loss_cfg.p, c=loss_cfg.c, extra=extra)
 
   def generate(self, net, eps, nfe, method):
     v_fn = lambda z, t: net(z, t, t)

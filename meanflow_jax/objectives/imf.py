@@ -142,7 +142,7 @@ def sample_interval(key, batch_size, r=None, t=None):
   return t_min, t_max
 
 
-def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01):
+def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None):
   """iMF loss  mean_b [ w(||V - sg(v~)||^2) + w(||v - sg(v~)||^2) ],  w(e) = e / sg(e + c)^p.
 
   Args:
@@ -151,19 +151,27 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01):
     v_c: the JVP's tangent for z, the network's guided velocity `[B, ...]`.
     v_tilde: the regression target v~ `[B, ...]` (`guided_velocity`).
     p, c: the adaptive weight (the paper: p = 1, c = 0.01).
+    extra: optional `extra(x_hat, x) -> [B]` added per sample at pMF's x field
+      x_hat = z_t - t u (`objectives.features`).
 
   Returns:
-    (loss, metrics with "u_loss" (the V term), "v_loss", "mse" of V per element).
+    (loss, metrics with "u_loss" (the V term), "v_loss", "mse" of V per element, and
+    "feature_loss" with `extra`).
   """
   z = paths.interpolate(x, eps, t)
-  V, _, v = compound_velocity(net, z, r, t, v_c)
+  V, u, v = compound_velocity(net, z, r, t, v_c)
   target = jax.lax.stop_gradient(v_tilde)
   u_term = robust_weighted_error(V, target, p, c)
   v_term = robust_weighted_error(v, target, p, c)
   metrics = {"u_loss": jnp.mean(u_term), "v_loss": jnp.mean(v_term),
              "mse": jnp.mean(jnp.square(V - target)),
              "frac_r_neq_t": jnp.mean((r != t).astype(jnp.float32))}
-  return jnp.mean(u_term + v_term), metrics
+  per_sample = u_term + v_term
+  feature = losses.extra_term(extra, z, u, t, x)
+  if feature is not None:
+    metrics["feature_loss"] = jnp.mean(feature)
+    per_sample = per_sample + feature
+  return jnp.mean(per_sample), metrics
 
 
 class ImprovedMeanFlow(Objective):
@@ -202,9 +210,10 @@ class ImprovedMeanFlow(Objective):
                                  num_classes)
     return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (v_c, v_tilde)
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg):
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
     v_c, v_tilde = v
-    return imf_loss(net, x, eps, r=r, t=t, v_c=v_c, v_tilde=v_tilde, p=loss_cfg.p, c=loss_cfg.c)
+    return imf_loss(net, x, eps, r=r, t=t, v_c=v_c, v_tilde=v_tilde, p=loss_cfg.p, c=loss_cfg.c,
+                    extra=extra)
 
   def average_velocity(self, net):
     return lambda z, r, t: net(z, r, t)[0]

@@ -44,17 +44,29 @@ def squared_error(pred, target):
   return jnp.sum(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)
 
 
-def _weighted_loss(pred, target, p, c):
+def _weighted_loss(pred, target, p, c, extra=None):
+  """mean_b [w err + extra]: `extra` `[B]` (or None) is an added per-sample term."""
   err = squared_error(pred, target)
   w = adaptive_weight(err, p, c)
   metrics = {
       "mse": jnp.mean(jnp.square(pred - target)),  # unweighted, per element
       "mean_weight": jnp.mean(w),
   }
-  return jnp.mean(w * err), metrics
+  per_sample = w * err
+  if extra is not None:
+    metrics["feature_loss"] = jnp.mean(extra)
+    per_sample = per_sample + extra
+  return jnp.mean(per_sample), metrics
 
 
-def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3):
+def extra_term(extra, z, pred, t, x):
+  """`extra(x_hat, x)` `[B]` at pMF's x field x_hat = z_t - t pred, or None without one."""
+  if extra is None:
+    return None
+  return extra(z - paths.expand_time(t, z) * pred, x)
+
+
+def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3, extra=None):
   """MeanFlow loss  E[ w * ||u_theta(z_t, r, t) - u_tgt||^2 ],  w = sg(1/(err + c)^p).
 
   Args:
@@ -64,20 +76,23 @@ def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3):
     v: the velocity used in the target; defaults to v_t = eps - x (pass the
       guided velocity from `guided_velocity` for CFG training).
     p, c: adaptive-weight power and offset (p = 0: plain squared error).
+    extra: optional `extra(x_hat, x) -> [B]` added per sample, at x_hat = z_t - t u
+      (`objectives.features`).
 
   Returns:
-    (loss scalar, metrics dict with "mse", "mean_weight", "frac_r_neq_t").
+    (loss scalar, metrics dict with "mse", "mean_weight", "frac_r_neq_t", and
+    "feature_loss" with `extra`).
   """
   z = paths.interpolate(x, eps, t)
   if v is None:
     v = paths.conditional_velocity(x, eps, t)
   u, u_tgt = meanflow_target(u_fn, z, r, t, v)
-  loss, metrics = _weighted_loss(u, u_tgt, p, c)
+  loss, metrics = _weighted_loss(u, u_tgt, p, c, extra_term(extra, z, u, t, x))
   metrics["frac_r_neq_t"] = jnp.mean((r != t).astype(jnp.float32))
   return loss, metrics
 
 
-def flow_matching_loss(v_fn, x, eps, *, t, v=None, p=0.0, c=1e-3):
+def flow_matching_loss(v_fn, x, eps, *, t, v=None, p=0.0, c=1e-3, extra=None):
   """Flow-matching loss  E[ w * ||v_theta(z_t, t) - v_t||^2 ]  (same weighting).
 
   Args:
@@ -85,6 +100,7 @@ def flow_matching_loss(v_fn, x, eps, *, t, v=None, p=0.0, c=1e-3):
     x, eps: data and noise `[B, ...]`; t: times `[B]`.
     v: target velocity, defaults to v_t = eps - x.
     p, c: adaptive-weight power and offset.
+    extra: optional per-sample term as in `meanflow_loss` (x_hat = z_t - t v).
 
   Returns:
     (loss scalar, metrics dict with "mse", "mean_weight", "frac_r_neq_t" = 0).
@@ -92,7 +108,9 @@ def flow_matching_loss(v_fn, x, eps, *, t, v=None, p=0.0, c=1e-3):
   z = paths.interpolate(x, eps, t)
   if v is None:
     v = paths.conditional_velocity(x, eps, t)
-  loss, metrics = _weighted_loss(v_fn(z, t), jax.lax.stop_gradient(v), p, c)
+  pred = v_fn(z, t)
+  loss, metrics = _weighted_loss(pred, jax.lax.stop_gradient(v), p, c,
+                                 extra_term(extra, z, pred, t, x))
   metrics["frac_r_neq_t"] = jnp.zeros((), jnp.float32)
   return loss, metrics
 

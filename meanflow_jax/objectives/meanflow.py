@@ -15,8 +15,9 @@ class MeanFlow(Objective):
     return timesteps.sample_t_r(key, b, distribution=time_cfg.distribution, mu=time_cfg.mu,
                                 sigma=time_cfg.sigma, ratio_r_neq_t=time_cfg.ratio_r_neq_t)
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg):
-    return losses.meanflow_loss(net, x, eps, t=t, r=r, v=v, p=loss_cfg.p, c=loss_cfg.c)
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
+    return losses.meanflow_loss(net, x, eps, t=t, r=r, v=v, p=loss_cfg.p, c=loss_cfg.c,
+                                extra=extra)
 
   def generate(self, net, eps, nfe, method):
     del method  # MeanFlow samples by its own jumps

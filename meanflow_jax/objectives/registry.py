@@ -78,10 +78,12 @@ class Objective:
     """(t `[B]`, r `[B]`) with r <= t, from the `time` config section."""
     raise NotImplementedError
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg):
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
     """(scalar loss, metrics dict) for data x and noise eps `[B, ...]`.
 
     `v`: the target velocity `[B, ...]` (a guided v~), or None for v_t = eps - x.
+    `extra`: None, or `extra(x_hat, x) -> [B]` (`objectives.features.term`) to add per
+    sample at pMF's x field x_hat = z_t - t u of the network's (first) head.
     """
     raise NotImplementedError
 

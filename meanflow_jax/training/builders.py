@@ -13,6 +13,8 @@ import numpy as np
 from meanflow_jax import priors
 from meanflow_jax.data import PointSource, images, pairs
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.objectives import features
+from meanflow_jax.training import feature_networks  # noqa: F401  (registers "classifier")
 from meanflow_jax.training import sharding
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import train_step
@@ -110,7 +112,7 @@ def step_function(config, model, tx, prior=None):
       train_step, apply_fn=model.apply, tx=tx, objective=config.objective,
       time_cfg=config.time, loss_cfg=config.loss, ema_decays=tuple(config.train.ema_decays),
       guidance_cfg=config.guidance, num_classes=config.model.num_classes, prior=prior,
-      imf_cfg=config.imf)
+      imf_cfg=config.imf, feature_loss=features.from_config(config))
 
 
 def make_prior(config, source):

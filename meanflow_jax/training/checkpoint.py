@@ -32,6 +32,7 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "model.predict
 # were trained with (data.source is derived from data.path).
 _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "prediction": "u"},
            "imf": {"s_max": 7.0, "beta": 1.0},
+           "loss": {"features": "", "features_weight": 1.0},
            "mesh": {"data": -1, "fsdp": 1},
            "train": {"sample_every": 0, "sample_nfe": 0, "init_from": ""},
            "data": {"flip": False, "latent_scale": 0.18215, "mixture_dim": 2,

@@ -27,7 +27,7 @@ def guided_target_velocity(apply_fn, params, x, eps, t, y, is_null, guidance_cfg
 
 
 def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, loss_cfg, ema_decays,
-               guidance_cfg=None, num_classes=0, prior=None, imf_cfg=None):
+               guidance_cfg=None, num_classes=0, prior=None, imf_cfg=None, feature_loss=None):
   """state, batch (x `[B, ...]`, y int `[B]`[, eps `[B, ...]`]), base key -> (new state, metrics).
 
   `objective` is a registered name (`objectives.names()`): its times, its targets (and
@@ -48,6 +48,9 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   with guidance (omega, kappa) the target velocity is the guided v~ of
   `objectives.guided_velocity`, whose u(z_t, t, t | .) terms come from the current
   parameters under a stop-gradient. Unconditional models ignore `y`.
+
+  `feature_loss`: None, or a per-sample term `(x_hat, x) -> [B]` added to the loss
+  (`objectives.features.from_config`; pMF's perceptual loss with the user's network).
   """
   x, y = batch[:2]
   key = jax.random.fold_in(base_key, state.step)
@@ -86,7 +89,9 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
 
   def loss_fn(params):
     net = lambda z, r, t: call(params, z, r, t, cond, train=True, rngs=rngs)
-    return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg)
+    # `extra` only when there is one: an objective whose loss takes none still trains.
+    extra = {} if feature_loss is None else {"extra": feature_loss}
+    return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg, **extra)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)

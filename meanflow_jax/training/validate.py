@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 from meanflow_jax import models, objectives, priors, sampling, timesteps
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.models.embeddings import PREDICTIONS
+from meanflow_jax.objectives import features
+from meanflow_jax.training import feature_networks  # noqa: F401  (registers "classifier")
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import guidance_active
 
@@ -89,6 +91,7 @@ RANGES = (
     Range(("sample.omega",), _at_least(1.0), ">= 1 (1: no guidance)"),
     Range(("imf.s_max", "imf.beta"), _at_least(0), "finite and >= 0"),
     Range(("optimizer.lr", "optimizer.muon_lr", "time.sigma", "loss.c", "data.mixture_std",
+           "loss.features_weight",
            "data.latent_scale",
            "model.mlp.time_scale", "model.dit.mlp_ratio", "model.dit.time_scale",
            "model.imf_dit.mlp_ratio", "model.imf_dit.time_scale",
@@ -232,6 +235,9 @@ READ_WHEN = (
              lambda c: _objective_reads(c, "time.ratio_r_neq_t"),
              "objective is meanflow or imf (flow matching has r = t)",
              "leave time.ratio_r_neq_t at its default"),
+    ReadWhen(("loss.features_weight",), ("loss.features",), lambda c: bool(c.loss.features),
+             "loss.features names a feature network", "set --config.loss.features (e.g. "
+             "classifier), or leave loss.features_weight at its default"),
     ReadWhen(("loss.c",), ("loss.p",), lambda c: c.loss.p != 0,
              "loss.p > 0 (p = 0 weighs every sample by 1)", "set loss.p > 0, or leave loss.c "
              "at its default"),
@@ -330,6 +336,8 @@ def check_config(c, defaults=None, overrides=None):
   _one_of("optimizer.schedule", c.optimizer.schedule, ("constant", "cosine"))
   _one_of("sample.method", c.sample.method, sampling.METHODS)
   _one_of("sample.params", c.sample.params, ("ema", "raw"))
+  if c.loss.features:
+    features.check_name(c.loss.features)
   check_ranges(c)
   g = c.guidance
   if not 0.0 <= g.t_min <= g.t_max <= 1.0:
