@@ -212,3 +212,34 @@ def test_imf_generation_takes_nfe_jumps_of_u():
     np.testing.assert_allclose(imf.IMF.generate(junk, eps, nfe, None),
                                sampling.meanflow_sample(GAUSS.average_velocity, eps, nfe),
                                rtol=1e-6)
+
+
+def test_imf_steps_lower_the_loss_on_digits():
+  """The loss of one fixed batch of real digits (same times, omega, intervals and labels
+  dropped: the step counter is reset to draw them) falls after 40 iMF steps."""
+  from meanflow_jax import training
+  from meanflow_jax.data import images
+  from meanflow_jax.training import builders
+  from tests.test_training import digits_config
+  c = digits_config(objective="imf", **{"guidance.kappa": 0.0, "imf.s_max": 3.0,
+                                        "loss.p": 0.75, "optimizer.warmup_steps": 0,
+                                        "train.batch_size": 64})
+  x_all, y_all, _ = images.load_images("digits")
+  model = training.build_model(c)
+  tx = training.make_optimizer(c.optimizer, 40)
+  state = builders.init_fn(c, model, tx, (8, 8, 1))(jax.random.key(0))
+  step = jax.jit(builders.step_function(c, model, tx))
+  key = jax.random.key(1)
+  fixed = (jnp.asarray(x_all[:64]), jnp.asarray(y_all[:64]))
+  before = step(state, fixed, key)[1]
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    pick = rng.choice(len(x_all), 64, replace=False)
+    state, m = step(state, (jnp.asarray(x_all[pick]), jnp.asarray(y_all[pick])), key)
+    assert int(m["finite"]) == 1
+  after = step(state.replace(step=0), fixed, key)[1]
+  # The unweighted squared error of V falls by a quarter (measured 1.67 -> 1.22); the
+  # weighted loss, whose terms grow only as e^(1 - p) = e^0.25, by less (6.42 -> 5.91).
+  assert float(after["mse"]) < 0.8 * float(before["mse"]), (before["mse"], after["mse"])
+  for k in ("loss", "v_loss"):
+    assert float(after[k]) < 0.95 * float(before[k]), (k, before[k], after[k])
