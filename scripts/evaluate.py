@@ -74,8 +74,10 @@ def _images(workdir, nfes, config):
     panels = [(title(n), evaluate.class_rows(x, ev.labels, k, per)) for n, x in ev.samples.items()]
   else:
     panels = [(title(n), x[:per * per]) for n, x in ev.samples.items()]
+  # An omega sweep: one row of panels per NFE, one panel per omega.
+  sweep = len(set(n[1] for n in ev.samples if isinstance(n, tuple)))
   plotting.image_grids(panels, os.path.join(workdir, "eval.png"), ncols=per,
-                       row_labels=list(range(k)) if k else None)
+                       row_labels=list(range(k)) if k else None, panels_per_row=sweep or None)
   columns = IMAGE_COLUMNS if "clf_fd" in ev.rows[0] else ["method", "nfe", "samples_per_s"]
   if "fid" in ev.rows[0]:
     columns = columns[:2] + ["fid"] + columns[2:]
