@@ -115,9 +115,9 @@ def test_user_registered_network_reaches_the_train_step(monkeypatch):
       assert "feature_loss" not in m
 
 
-def test_classifier_features_train_on_digits_and_a_changed_term_is_not_resumed(
-    tmp_path, monkeypatch):
-  monkeypatch.setenv("MEANFLOW_JAX_CACHE", str(tmp_path / "cache"))
+def test_classifier_features_train_on_digits_and_a_changed_term_is_not_resumed(tmp_path):
+  # The digits classifier comes from the user's cache, as in the evaluation tests (its
+  # training and caching are tested in test_frechet_classifier.py).
   from meanflow_jax import training
   c = digits_config(**{"loss.features": "classifier", "loss.features_weight": 0.5,
                        "train.steps": 4, "train.log_every": 2, "train.checkpoint_every": 2})
