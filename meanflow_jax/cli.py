@@ -98,18 +98,29 @@ def run(main):
 
 
 def interval(values):
-  """`(t_min, t_max)` from a flag's list of two numbers ("0.4,0.65"), or None if unset.
+  """`(t_min, t_max)` from a flag's list of two numbers (or the string "0.4,0.65"), or
+  None if unset.
 
   Raises ConfigError for anything else.
   """
   if values is None:
     return None
+  if isinstance(values, str):
+    values = values.split(",")
   try:
     lo, hi = (float(v) for v in values)
   except ValueError:
     raise ConfigError(f"--interval takes two numbers t_min,t_max (e.g. 0.4,0.65); got "
                       f"{','.join(values)!r}.") from None
   return lo, hi
+
+
+def intervals(values):
+  """The `(t_min, t_max)` of a repeated flag (`--interval 0,1 --interval 0.2,0.8`): None
+  if unset, one interval if given once, else the list (a sweep)."""
+  if not values:
+    return None
+  return [interval(v) for v in values]
 
 
 def floats(name, values):

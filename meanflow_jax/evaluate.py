@@ -164,7 +164,7 @@ def _timed_samples(sampler, eps, nfe, labels, batch, progress, what, **guidance)
 
 def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=None, batch=500,
                     cache_dir=None, ema=None, inception=None, ref=None, progress=False,
-                    data=None, omegas=None, interval=None):
+                    data=None, omegas=None, interval=None, intervals=None):
   """Quality of a run trained on images, at each NFE in `nfes`.
 
   Sample i uses noise from `fold_in(key, i)` and, for a class-conditional run,
@@ -185,7 +185,10 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   `omegas`: a guidance-conditioned (iMF) run is sampled at each of these guidance
   scales (on `interval`, default the config's), all from one trained model, at the
   same noise: one row per (nfe, omega), with "omega" in the row; samples keyed
-  (nfe, omega). None: the config's sample.omega, keyed by nfe alone.
+  (nfe, omega). None: the config's sample.omega, keyed by nfe alone. `intervals`: a
+  list of (t_min, t_max) to sweep as well (instead of `interval`): one row per (nfe,
+  omega, interval), with "t_min" and "t_max" in the row; samples keyed (nfe, omega,
+  t_min, t_max).
 
   Returns:
     an `ImageEvaluation`.
@@ -234,20 +237,31 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
   sampler = inference.make_sampler(config, run.model, run.params, method=method)
   name = sampler_name(config.objective, method or config.sample.method)
   rows, samples = [], {}
-  sweep = omegas is not None
+  if interval is not None and intervals is not None:
+    raise ConfigError("pass one guidance interval (interval) or a sweep (intervals), not both.")
+  by_interval = intervals is not None
+  sweep = omegas is not None or by_interval
+  if by_interval and omegas is None:
+    omegas = [config.sample.omega]
+  spans = [tuple(map(float, i)) for i in intervals] if by_interval else [interval]
   if sweep or interval is not None:
-    inference.check_guidance(config, omegas[0] if sweep else None, interval)
-  for k, w in itertools.product(nfes, omegas if sweep else [None]):
-    guidance = {} if not sweep and interval is None else {"omega": w, "interval": interval}
-    what = f"{name}, {k} NFE" + (f", omega {w:g}" if sweep else "")
+    for span in spans:  # every value checked before the first sample is drawn
+      inference.check_guidance(config, omegas[0] if sweep else None, span)
+  for k, w, span in itertools.product(nfes, omegas if sweep else [None], spans):
+    guidance = {} if not sweep and interval is None else {"omega": w, "interval": span}
+    what = (f"{name}, {k} NFE" + (f", omega {w:g}" if sweep else "")
+            + (f" on [{span[0]:g}, {span[1]:g}]" if by_interval else ""))
     x, seconds = _timed_samples(sampler, eps, int(k), asked, batch, progress, what, **guidance)
     if not np.all(np.isfinite(x)):
       raise ConfigError(f"{workdir}: the {what} samples contain NaN or inf.")
-    samples[(int(k), float(w)) if sweep else int(k)] = x
+    key = (int(k), float(w)) + (span if by_interval else ()) if sweep else int(k)
+    samples[key] = x
     row = {"objective": config.objective, "nfe": int(k), "method": name,
            "sample_s": seconds, "samples_per_s": num / seconds}
     if sweep:
       row["omega"] = float(w)
+    if by_interval:
+      row["t_min"], row["t_max"] = span
     if labels is not None:
       feats, pred = clf.features_and_predictions(x)
       row["clf_fd"] = frechet.frechet_distance(*frechet.gaussian_stats(feats), *real_stats)

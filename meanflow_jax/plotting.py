@@ -82,7 +82,7 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
 
 def metrics_vs_omega(rows, metrics, path, floor=None, log_metrics=()):
   """One panel per metric: value against the sampling-time guidance scale omega, a line
-  per (method, NFE); `floor`: optional {metric: value of real data}, drawn dashed;
+  per (method, NFE[, interval]); `floor`: optional {metric: value of real data}, drawn dashed;
   `log_metrics` on a log axis.
 
   Args:
@@ -90,13 +90,15 @@ def metrics_vs_omega(rows, metrics, path, floor=None, log_metrics=()):
   """
   floor = floor or {}
   fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-  lines = list(dict.fromkeys((r["method"], r["nfe"]) for r in rows))
+  line_of = lambda r: (r["method"], r["nfe"], r.get("t_min"), r.get("t_max"))
+  lines = list(dict.fromkeys(line_of(r) for r in rows))
   for ax, m in zip(axes[0], metrics):
-    for i, (method, nfe) in enumerate(lines):
-      rs = sorted((r for r in rows if (r["method"], r["nfe"]) == (method, nfe)),
-                  key=lambda r: r["omega"])
-      ax.plot([r["omega"] for r in rs], [r[m] for r in rs], "o-", color=f"C{i}",
-              label=f"{method}, {nfe} NFE")
+    for i, line in enumerate(lines):
+      rs = sorted((r for r in rows if line_of(r) == line), key=lambda r: r["omega"])
+      method, nfe, lo, hi = line
+      span = "" if lo is None else f" on [{lo:g}, {hi:g}]"
+      ax.plot([r["omega"] for r in rs], [r[m] for r in rs], "o-", color=f"C{i % 10}",
+              label=f"{method}, {nfe} NFE{span}")
     if m in floor:
       ax.axhline(floor[m], color="0.5", ls="--", lw=1, label="real data")
     ax.set(xlabel="guidance scale omega (sampling)", title=m,

@@ -52,6 +52,9 @@ _IMF_CONFIG = config_flags.DEFINE_config_file("imf_config", None, "Optional conf
                                               lock_config=True)
 _OMEGA = flags.DEFINE_list("omega", None, "iMF, class-conditional: guidance scales to sample "
                            "at (default: the iMF config's sample.omega).")
+_INTERVAL = flags.DEFINE_multi_string("interval", None, "iMF: the guidance interval "
+                                      "t_min,t_max at sampling (default: the iMF config's); "
+                                      "repeat it to sweep: --interval 0,1 --interval 0.2,0.8.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
@@ -103,12 +106,13 @@ def speed_report(rows, metric, forward_s):
   return "\n".join(lines)
 
 
-def _evaluate(workdir, nfes, method, toy, omegas=None):
+def _evaluate(workdir, nfes, method, toy, omegas=None, intervals=None):
   if toy:
     return evaluate.evaluate_toy(workdir, nfes, num=_NUM.value or 20_000, method=method,
                                  batch=BATCH[toy], progress=True)
   return evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, method=method,
-                                  batch=BATCH[toy], progress=True, omegas=omegas)
+                                  batch=BATCH[toy], progress=True, omegas=omegas,
+                                  intervals=intervals)
 
 
 def _imf_rows(toy):
@@ -120,14 +124,20 @@ def _imf_rows(toy):
   workdir = os.path.join(_WORKDIR.value, "imf")
   training.train(config, workdir)
   omegas = cli.floats("--omega", _OMEGA.value) if config.model.num_classes else None
-  ev = _evaluate(workdir, [int(k) for k in _MF_NFE.value], None, toy, omegas)
+  intervals = cli.intervals(_INTERVAL.value) if config.model.num_classes else None
+  if (_OMEGA.value or _INTERVAL.value) and not config.model.num_classes:
+    raise ConfigError("--omega and --interval need a class-conditional iMF run; "
+                      "--imf_config trains an unconditional one.")
+  ev = _evaluate(workdir, [int(k) for k in _MF_NFE.value], None, toy, omegas, intervals)
   train_s = evaluate.training_seconds(workdir)
+  span = lambda lo, hi: f" on [{lo:g}, {hi:g}]"
   for r in ev.rows:
     r["train_s"] = train_s
     if "omega" in r:
-      r["method"] = f"imf, omega {r['omega']:g}"
-  name = lambda key: (f"imf, omega {key[1]:g}, {key[0]} NFE" if isinstance(key, tuple)
-                      else f"imf, {key} NFE")
+      r["method"] = f"imf, omega {r['omega']:g}" + (span(r["t_min"], r["t_max"]) if "t_min"
+                                                    in r else "")
+  name = lambda key: (f"imf, omega {key[1]:g}" + (span(*key[2:]) if len(key) == 4 else "")
+                      + f", {key[0]} NFE" if isinstance(key, tuple) else f"imf, {key} NFE")
   return ev.rows, [(name(k), _panel(ev, x, config)) for k, x in ev.samples.items()]
 
 
@@ -159,8 +169,8 @@ def main(argv):
   if _IMF_CONFIG.value is not None:
     imf_rows, imf_panels = _imf_rows(toy)
     rows, panels = rows + imf_rows, panels + imf_panels
-  elif _OMEGA.value:
-    raise ConfigError("--omega needs --imf_config (the guidance scales of an iMF run).")
+  elif _OMEGA.value or _INTERVAL.value:
+    raise ConfigError("--omega and --interval need --imf_config (the guidance of an iMF run).")
   base = os.path.join(_WORKDIR.value, "bench")
   num = _NUM.value or (20_000 if toy else 2_000)
   forward_s = forward_seconds(os.path.join(_WORKDIR.value, "meanflow"), num, BATCH[toy])

@@ -4,6 +4,8 @@
   python scripts/evaluate.py --workdir runs/digits --nfe 1 2 --num 2000
   python scripts/evaluate.py --workdir runs/cifar10 --nfe 1 2 --num 50000 \
       --inception inception_fid.npz --ref cifar10_train_stats.npz
+  python scripts/evaluate.py --workdir runs/digits_imf --nfe 1 2 --omega 1,2,4 \
+      --interval 0,1 --interval 0.2,0.8     # iMF: guidance scales and intervals swept
 
 Built-in mixtures are scored exactly against the probability-flow map of the same
 noise; labelled images with the project's classifier (Frechet distance in its
@@ -40,8 +42,10 @@ _BATCH = flags.DEFINE_integer("batch", 500, "Samples per sampler call.")
 _OMEGA = flags.DEFINE_list("omega", None, "iMF, class-conditional: guidance scales to sample "
                            "at, all from the one trained model, e.g. --omega 1,2,4; default: "
                            "the run's sample.omega.")
-_INTERVAL = flags.DEFINE_list("interval", None, "iMF: the guidance interval t_min,t_max at "
-                              "sampling (default: the run's sample.t_min, sample.t_max).")
+_INTERVAL = flags.DEFINE_multi_string("interval", None, "iMF: the guidance interval "
+                                      "t_min,t_max at sampling (default: the run's "
+                                      "sample.t_min, sample.t_max); repeat it to sweep "
+                                      "intervals: --interval 0,1 --interval 0.2,0.8.")
 flags.mark_flags_as_required(["workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
@@ -60,33 +64,42 @@ def _toy(workdir, nfes):
   return ev.rows, TOY_COLUMNS
 
 
+def _guidance_intervals():
+  spans = cli.intervals(_INTERVAL.value)
+  if spans is None or len(spans) == 1:
+    return {"interval": spans[0] if spans else None}
+  return {"intervals": spans}
+
+
 def _images(workdir, nfes, config):
   ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
                                 params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
                                 inception=_INCEPTION.value, ref=_REF.value, batch=_BATCH.value,
                                 progress=True, omegas=cli.floats("--omega", _OMEGA.value),
-                                interval=cli.interval(_INTERVAL.value))
+                                **_guidance_intervals())
   k, per = config.model.num_classes, config.sample.grid_per_class
   # Keys are NFE, or (NFE, omega) in an omega sweep.
-  title = lambda n: (f"{ev.rows[0]['method']}, {n[0]} NFE, omega {n[1]:g}" if isinstance(n, tuple)
-                     else f"{ev.rows[0]['method']}, {n} NFE")
+  title = lambda n: (f"{ev.rows[0]['method']}, {n[0]} NFE, omega {n[1]:g}"
+                     + (f" on [{n[2]:g}, {n[3]:g}]" if len(n) == 4 else "")
+                     if isinstance(n, tuple) else f"{ev.rows[0]['method']}, {n} NFE")
   if k:
     panels = [(title(n), evaluate.class_rows(x, ev.labels, k, per)) for n, x in ev.samples.items()]
   else:
     panels = [(title(n), x[:per * per]) for n, x in ev.samples.items()]
   # An omega sweep: one row of panels per NFE, one panel per omega.
-  sweep = len(set(n[1] for n in ev.samples if isinstance(n, tuple)))
+  sweep = len(set(n[1:] for n in ev.samples if isinstance(n, tuple)))
   plotting.image_grids(panels, os.path.join(workdir, "eval.png"), ncols=per,
                        row_labels=list(range(k)) if k else None, panels_per_row=sweep or None)
   columns = IMAGE_COLUMNS if "clf_fd" in ev.rows[0] else ["method", "nfe", "samples_per_s"]
   if "fid" in ev.rows[0]:
     columns = columns[:2] + ["fid"] + columns[2:]
-  if _OMEGA.value and "clf_fd" in ev.rows[0]:
+  if (_OMEGA.value or "t_min" in ev.rows[0]) and "clf_fd" in ev.rows[0]:
     metrics = ["clf_fd", "agreement"] if "agreement" in ev.rows[0] else ["clf_fd"]
     plotting.metrics_vs_omega(ev.rows, metrics, os.path.join(workdir, "eval_omega.png"),
                               floor=ev.floor, log_metrics=("clf_fd",))
     print(f"wrote {workdir}/eval_omega.png")
-    columns = columns[:2] + ["omega"] + columns[2:]
+    columns = columns[:2] + ["omega"] + (["t_min", "t_max"] if "t_min" in ev.rows[0]
+                                         else []) + columns[2:]
   if "classifier_heldout_accuracy" in ev.floor:
     print(f"classifier held-out accuracy {ev.floor['classifier_heldout_accuracy']:.4f}")
   floor = [dict(ev.floor, method="real data (two halves)", nfe="")] if ev.floor else []

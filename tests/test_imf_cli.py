@@ -66,6 +66,17 @@ def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
   assert all(np.isfinite(r["clf_fd"]) and 0 <= r["agreement"] <= 1 for r in rows)
   assert rows[0]["clf_fd"] != rows[1]["clf_fd"]
   assert (imf_digits / "eval_omega.png").stat().st_size > 1000
+  # Intervals sweep too: one row per (nfe, omega, interval), from the same model and noise.
+  proc = run("evaluate.py", "--workdir", str(imf_digits), "--nfe", "1", "--num", "40",
+             "--omega", "3", "--interval", "0,1", "--interval", "0.4,0.6", "--batch", "20")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [r for r in json.load(open(imf_digits / "eval.json")) if r["nfe"] != ""]
+  assert [(r["omega"], r["t_min"], r["t_max"]) for r in rows] == [(3, 0, 1), (3, 0.4, 0.6)]
+  assert rows[0]["clf_fd"] != rows[1]["clf_fd"]
+  assert "| t_min | t_max |" in open(imf_digits / "eval.md").read()
+  assert_clean_error(run("evaluate.py", "--workdir", str(imf_digits), "--nfe", "1", "--num",
+                         "40", "--interval", "0,1", "--interval", "0.8,0.2"),
+                     "0 <= t_min <= t_max <= 1")
 
 
 def test_unconditional_imf_trains_and_refuses_a_guidance_scale(tmp_path):
