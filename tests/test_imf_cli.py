@@ -50,11 +50,17 @@ def test_sample_at_a_guidance_scale_chosen_now(imf_digits, tmp_path):
              "--omega", "12", "--out", str(tmp_path / "far.npy"))
   assert proc.returncode == 0 and "outside the range this run was trained on [1, 4]" in \
       proc.stderr, proc.stderr[-2000:]
-  for args, needle in [(["--omega", "0.5"], "omega must be >= 1"),
-                       (["--interval", "0.7,0.2"], "0 <= t_min <= t_max <= 1"),
-                       (["--interval", "0.2"], "--interval takes two numbers")]:
-    assert_clean_error(run("sample.py", "--workdir", str(imf_digits), "--nfe", "1", "--num",
-                           "4", "--out", str(tmp_path / "bad.npy"), *args), needle)
+  # Bad values: one line from the script; the checks it runs, in this process.
+  assert_clean_error(run("sample.py", "--workdir", str(imf_digits), "--nfe", "1", "--num",
+                         "4", "--out", str(tmp_path / "bad.npy"), "--interval", "0.2"),
+                     "--interval takes two numbers")
+  from meanflow_jax.errors import ConfigError
+  from meanflow_jax.training import inference
+  config = inference.load_config(str(imf_digits))
+  for omega, interval, needle in [(0.5, None, "omega must be >= 1"),
+                                  (None, (0.7, 0.2), "0 <= t_min <= t_max <= 1")]:
+    with pytest.raises(ConfigError, match=needle):
+      inference.check_guidance(config, omega, interval)
 
 
 def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
@@ -74,9 +80,10 @@ def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
   assert [(r["omega"], r["t_min"], r["t_max"]) for r in rows] == [(3, 0, 1), (3, 0.4, 0.6)]
   assert rows[0]["clf_fd"] != rows[1]["clf_fd"]
   assert "| t_min | t_max |" in open(imf_digits / "eval.md").read()
-  assert_clean_error(run("evaluate.py", "--workdir", str(imf_digits), "--nfe", "1", "--num",
-                         "40", "--interval", "0,1", "--interval", "0.8,0.2"),
-                     "0 <= t_min <= t_max <= 1")
+  from meanflow_jax import evaluate
+  from meanflow_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="0 <= t_min <= t_max <= 1"):  # before any sample
+    evaluate.evaluate_images(str(imf_digits), [1], num=4, intervals=[(0, 1), (0.8, 0.2)])
 
 
 def test_unconditional_imf_trains_and_refuses_a_guidance_scale(tmp_path):
