@@ -86,6 +86,16 @@ def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
     evaluate.evaluate_images(str(imf_digits), [1], num=4, intervals=[(0, 1), (0.8, 0.2)])
 
 
+def test_compare_samples_puts_runs_side_by_side(imf_digits, tmp_path):
+  out = tmp_path / "cmp.png"
+  proc = run("compare_samples.py", "--out", str(out), "--run", f"{imf_digits}:1:1",
+             "--run", f"{imf_digits}:2:3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert out.stat().st_size > 1000 and "2 panels" in proc.stdout
+  assert_clean_error(run("compare_samples.py", "--out", str(out), "--run", str(imf_digits)),
+                     "--run takes WORKDIR:NFE[:OMEGA]")
+
+
 def test_unconditional_imf_trains_and_refuses_a_guidance_scale(tmp_path):
   work = tmp_path / "toy_imf"
   proc = run("train.py", "--config", "configs/toy_imf.py", "--workdir", str(work),

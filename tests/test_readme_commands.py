@@ -99,6 +99,7 @@ def tiny_args(argv):
     return extra
   return {
       "sample.py": [],
+      "compare_samples.py": [],
       "evaluate.py": ["--num", "200"],
       "make_pairs.py": ["--num", "256", "--nfe", "4"],
       "bench_nfe.py": _model_args(argv) + SHORT + ["--num", "200", "--mf_nfe", "1",
@@ -219,6 +220,8 @@ def _outputs(argv, stdout):
   if script == "train.py":
     return [f"{workdir}/{n}" for n in ("config.json", "metrics.jsonl", "checkpoints",
                                         "tensorboard")]
+  if script == "compare_samples.py":
+    return [out]
   if script == "sample.py":
     # + a PNG beside it: a scatter for 2-D points, a grid for images.
     return [out, out[:-len(".npy")] + ".png"]
