@@ -166,12 +166,8 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None):
   metrics = {"u_loss": jnp.mean(u_term), "v_loss": jnp.mean(v_term),
              "mse": jnp.mean(jnp.square(V - target)),
              "frac_r_neq_t": jnp.mean((r != t).astype(jnp.float32))}
-  per_sample = u_term + v_term
-  feature = losses.extra_term(extra, z, u, t, x)
-  if feature is not None:
-    metrics["feature_loss"] = jnp.mean(feature)
-    per_sample = per_sample + feature
-  return jnp.mean(per_sample), metrics
+  loss = losses.mean_with_extra(u_term + v_term, losses.extra_term(extra, z, u, t, x), metrics)
+  return loss, metrics
 
 
 class ImprovedMeanFlow(Objective):

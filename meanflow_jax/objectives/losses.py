@@ -52,11 +52,16 @@ def _weighted_loss(pred, target, p, c, extra=None):
       "mse": jnp.mean(jnp.square(pred - target)),  # unweighted, per element
       "mean_weight": jnp.mean(w),
   }
-  per_sample = w * err
+  return mean_with_extra(w * err, extra, metrics), metrics
+
+
+def mean_with_extra(per_sample, extra, metrics):
+  """mean_b [per_sample + extra] `[B] -> ()`; records "feature_loss" in `metrics` when
+  `extra` (`extra_term`'s `[B]`) is not None."""
   if extra is not None:
     metrics["feature_loss"] = jnp.mean(extra)
     per_sample = per_sample + extra
-  return jnp.mean(per_sample), metrics
+  return jnp.mean(per_sample)
 
 
 def extra_term(extra, z, pred, t, x):
