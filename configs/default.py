@@ -59,6 +59,8 @@ def get_config():
                              # [0, num_classes) with one more, null, class for guidance
   c.model.prediction = "u"   # what the network outputs: "u" (the average velocity) | "x"
                              # (pixel MeanFlow: the data, u = (z - x) / max(t, 0.05))
+  c.model.remat = False      # dit, imf_dit: recompute each block in the backward pass
+                             # (jax.checkpoint): less activation memory, ~1 more forward
   c.model.mlp = ml_collections.ConfigDict()
   c.model.mlp.width = 256
   c.model.mlp.depth = 4      # residual blocks
@@ -98,6 +100,9 @@ def get_config():
   c.time.mu = -0.4           # logit-normal mean (paper, ImageNet)
   c.time.sigma = 1.0         # logit-normal std
   c.time.ratio_r_neq_t = 0.25  # fraction of samples with r != t (MeanFlow 0.25, iMF 0.5)
+  c.time.subset_jvp = True   # exactly round(ratio B) r != t rows per batch at fixed, evenly
+                             # spread positions, and the JVP on those rows alone (the rest
+                             # r = t, one forward pass); False: a coin per sample, JVP on all
 
   # Classifier-free guidance folded into training (class-conditional models only):
   # the target velocity is v~ = omega v_t + kappa u(z_t, t, t | y) + (1 - omega - kappa) u(z_t, t, t | null)
@@ -154,6 +159,11 @@ def get_config():
   c.train.sample_every = 0    # steps between sample grids in workdir/samples (and TensorBoard),
                               # from fixed noise with the sample.params copy; 0 = none
   c.train.sample_nfe = 0      # NFE of those samples; 0 = 1 for MeanFlow, 16 for flow matching
+  c.train.prefetch = 2        # batches built ahead on a background thread (0: in the loop)
+  c.train.stop_check_every = 10  # multi-process runs: steps between the processes' agreement
+                              # on a stop (SIGTERM); one process checks every step
+  c.train.profile_steps = ()  # (first, last): a jax.profiler trace of those steps in
+                              # workdir/profile; () none
   c.train.init_from = ""      # workdir of a trained run whose parameters (its sample.params copy)
                               # start this one (params and EMA; fresh optimizer): fine-tuning,
                               # reflow. Only read when the run starts; resuming ignores it.

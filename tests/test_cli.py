@@ -183,6 +183,7 @@ def test_sample_images_bad_input(digits_run, tmp_path, args, needle):
   assert not (tmp_path / "s.npy").exists()
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_evaluate_images_writes_table_and_grid(digits_run, classifier_cache):
   env = dict(os.environ, MEANFLOW_JAX_CACHE=classifier_cache)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
@@ -242,6 +243,7 @@ def test_evaluate_images_with_fid_from_reference_statistics(digits_run, tmp_path
   assert_clean_error(proc, "nothere.npz", "convert_inception_weights.py")
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_fid_stats_of_an_image_array(tmp_path):
   """scripts/fid_stats.py on a 5-image .npy (random Inception weights): mu and sigma of the
   features computed here; a missing weights file stops before the data is read."""

@@ -34,6 +34,7 @@ def test_trains_resumes_and_logs_both_heads(imf_digits):
   assert (imf_digits / "checkpoints" / "8").is_dir()
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_sample_at_a_guidance_scale_chosen_now(imf_digits, tmp_path):
   out = {}
   for name, args in {"w1": ["--omega", "1"], "w4": ["--omega", "4", "--interval", "0.2,0.8"],
@@ -63,6 +64,7 @@ def test_sample_at_a_guidance_scale_chosen_now(imf_digits, tmp_path):
       inference.check_guidance(config, omega, interval)
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
   proc = run("evaluate.py", "--workdir", str(imf_digits), "--nfe", "1", "2", "--num", "40",
              "--omega", "1,3", "--batch", "20")
@@ -86,6 +88,7 @@ def test_evaluate_sweeps_omega_from_one_model(imf_digits, tmp_path):
     evaluate.evaluate_images(str(imf_digits), [1], num=4, intervals=[(0, 1), (0.8, 0.2)])
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_compare_samples_puts_runs_side_by_side(imf_digits, tmp_path):
   out = tmp_path / "cmp.png"
   proc = run("compare_samples.py", "--out", str(out), "--run", f"{imf_digits}:1:1",
@@ -96,6 +99,7 @@ def test_compare_samples_puts_runs_side_by_side(imf_digits, tmp_path):
                      "--run takes WORKDIR:NFE[:OMEGA]")
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_unconditional_imf_trains_and_refuses_a_guidance_scale(tmp_path):
   work = tmp_path / "toy_imf"
   proc = run("train.py", "--config", "configs/toy_imf.py", "--workdir", str(work),
@@ -109,6 +113,7 @@ def test_unconditional_imf_trains_and_refuses_a_guidance_scale(tmp_path):
                      "needs a class-conditional run of an objective that takes it")
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_dryrun_counts_the_imf_step_in_forward_passes(tmp_path):
   """FLOPs of each objective's step in forward passes of its own network: flow matching
   3 (forward + backward), MeanFlow 4 (+ the JVP's tangent), iMF 6 (+ the guidance pass of

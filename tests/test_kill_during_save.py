@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from meanflow_jax import training
 from meanflow_jax.training import checkpoint as ckpt_lib
@@ -32,6 +33,7 @@ def _committed(directory):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_kill_9_during_async_save_leaves_previous_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   ckpts = workdir / "checkpoints"

@@ -74,6 +74,7 @@ def _assert_same_params(a, b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):
   one = subprocess.run(_command(tmp_path / "one", 6), env=_env(4), cwd=ROOT,
                        capture_output=True, text=True, timeout=3600)

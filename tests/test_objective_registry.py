@@ -26,7 +26,8 @@ def test_registered_objectives_declare_what_they_need():
   assert (mf.default_nfe, fm.default_nfe, imf.default_nfe) == (1, 16, 1)
   assert mf.heads == fm.heads == ("u",) and imf.heads == ("u", "v")
   assert imf.conditions == ("omega", "t_min", "t_max") and mf.conditions == fm.conditions == ()
-  assert mf.reads == ("time.ratio_r_neq_t",) and fm.reads == ("sample.method",)
+  assert mf.reads == ("time.ratio_r_neq_t", "time.subset_jvp")
+  assert fm.reads == ("sample.method",)
   assert fm.methods == sampling.METHODS and mf.methods == (None,)
   assert [fm.sampler_name(m) for m in ("euler", "heun")] == ["fm-euler", "fm-heun"]
   assert mf.sampler_name(None) == "meanflow"

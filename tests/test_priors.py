@@ -136,6 +136,7 @@ def _tiny_digits(workdir_overrides):
                       **workdir_overrides})
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_lowfreq_run_writes_its_prior_and_samples_from_it(tmp_path):
   c = _tiny_digits({"prior.name": "lowfreq", "prior.fit_examples": 300})
   loop.train(c, str(tmp_path))

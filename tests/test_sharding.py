@@ -41,7 +41,9 @@ def test_make_mesh_checks_the_device_count():
 
 
 @pytest.mark.parametrize("model,prior", [
-    ("dit", "gaussian"), ("dit", "ot"), ("dit", "lowfreq"),
+    # The priors' own tests pair noise per global batch; the fast suite keeps one prior.
+    ("dit", "gaussian"), pytest.param("dit", "ot", marks=pytest.mark.slow),
+    pytest.param("dit", "lowfreq", marks=pytest.mark.slow),
     # The U-Net's 8-device program takes minutes to compile on 2 cores.
     pytest.param("unet", "gaussian", marks=pytest.mark.slow)])
 def test_sharded_step_on_8_devices_equals_one_device(model, prior):
@@ -57,6 +59,7 @@ def test_sharded_step_on_8_devices_equals_one_device(model, prior):
   assert out["max_param_diff"] < 1e-5
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_train_on_8_devices_then_resume_on_one(tmp_path):
   """5 steps on a (data 4, fsdp 2) mesh of fake devices, then 5 more on one device,
   equal a straight 10-step single-device run to float tolerance. Only the 8-device run

@@ -198,7 +198,8 @@ def digits_config(**overrides):
   return override(c, overrides)
 
 
-@pytest.mark.parametrize("objective", ["meanflow", "flow_matching"])
+@pytest.mark.parametrize("objective", [
+    "meanflow", pytest.param("flow_matching", marks=pytest.mark.slow)])
 def test_conditional_image_run_resumes_exactly_and_samples_classes(tmp_path, objective):
   straight = training.train(digits_config(objective=objective), str(tmp_path / "a"))
   training.train(digits_config(objective=objective, **{"train.steps": 10}), str(tmp_path / "b"))

@@ -155,6 +155,8 @@ class DiT(nn.Module):
       the embeddings, norms, softmax and output layer run in at least float32.
     guided, v_head, prediction: iMF's guidance conditions, its v output layer
       ("final_v") and x-prediction, as in `MLP`.
+    remat: recompute each block's activations in the backward pass (`nn.remat`) instead
+      of keeping them: less memory for one more forward of the blocks; same parameters.
   """
   patch_size: int
   hidden_size: int
@@ -167,6 +169,7 @@ class DiT(nn.Module):
   guided: bool = False
   v_head: bool = False
   prediction: str = "u"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z, r, t, y=None, *, omega=None, t_min=None, t_max=None, train=False):
@@ -196,8 +199,9 @@ class DiT(nn.Module):
                 bias_init=_named(_zeros, ("embed",)))(z)
     # Adding the float32 positions keeps the residual stream in float32 under bf16.
     x = x.reshape(b, gh * gw, dim) + sincos_position_embedding(dim, gh, gw)
+    block = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(self.depth):
-      x = DiTBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i}")(x, c)
+      x = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i}")(x, c)
 
     out_dtype = at_least_float32(self.dtype)
     shift, scale = jnp.split(

@@ -105,6 +105,7 @@ class InContextDiT(nn.Module):
     time_scale: multiplier of the conditions before the sinusoids.
     dtype: matmul dtype; norms, softmax, gates and outputs in at least float32.
     guided, v_head, prediction: iMF's guidance conditions, its v head and x-prediction.
+    remat: recompute each block's activations in the backward pass (`nn.remat`).
   """
   patch_size: int = 2
   hidden_size: int = 768
@@ -119,6 +120,7 @@ class InContextDiT(nn.Module):
   guided: bool = False
   v_head: bool = False
   prediction: str = "u"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z, r, t, y=None, *, omega=None, t_min=None, t_max=None, train=False):
@@ -171,7 +173,8 @@ class InContextDiT(nn.Module):
     n_prefix = x.shape[1] - gh * gw
     positions = jnp.arange(x.shape[1])
     hidden = int(dim * self.mlp_ratio)
-    block = lambda name: Block(self.num_heads, hidden, self.dtype, name=name)
+    cls = nn.remat(Block) if self.remat else Block
+    block = lambda name: cls(self.num_heads, hidden, self.dtype, name=name)
 
     for i in range(self.depth - self.head_depth):
       x = block(f"block{i}")(x, positions)

@@ -18,9 +18,9 @@ class-conditional, with the guidance conditions (omega, t_min, t_max).
 import jax
 import jax.numpy as jnp
 
-from meanflow_jax import paths, sampling, timesteps
+from meanflow_jax import paths, sampling
 from meanflow_jax.objectives import losses
-from meanflow_jax.objectives.registry import Objective, register
+from meanflow_jax.objectives.registry import AverageVelocity, register
 
 
 def compound_velocity(net, z, r, t, v_c):
@@ -142,7 +142,23 @@ def sample_interval(key, batch_size, r=None, t=None):
   return t_min, t_max
 
 
-def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None):
+def compound_velocity_by_rows(net, z, r, t, v_c, rows, cond=None):
+  """`compound_velocity`'s (V, u, v) with the JVP on the r != t rows of `rows` alone: on
+  the others V = u + 0 * du/dt = u, from one plain forward pass. `net(z, r, t, cond)`
+  (or `net(z, r, t)` with `cond` None); `v_c` is read on the r != t rows only."""
+  def jvp_part(c, z, r, t, v_c):
+    return compound_velocity(losses.bind(net, c), z, r, t, v_c)
+
+  def plain_part(c, z, r, t, v_c):
+    del v_c
+    u, v = losses.bind(net, c)(z, r, t)
+    return u, u, v
+
+  return losses.by_rows(rows, cond, jvp_part, plain_part, z, r, t, v_c)
+
+
+def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None, rows=None,
+             cond=None):
   """iMF loss  mean_b [ w(||V - sg(v~)||^2) + w(||v - sg(v~)||^2) ],  w(e) = e / sg(e + c)^p.
 
   Args:
@@ -153,13 +169,19 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None):
     p, c: the adaptive weight (the paper: p = 1, c = 0.01).
     extra: optional `extra(x_hat, x) -> [B]` added per sample at pMF's x field
       x_hat = z_t - t u (`objectives.features`).
+    rows: None (the JVP on every row), or the batch's `timesteps.RowSplit`: the JVP on
+      its r != t rows alone (`compound_velocity_by_rows`; r must equal t elsewhere).
+    cond: None, or the network's `[B]` conditions: then `net(z, r, t, cond)`.
 
   Returns:
     (loss, metrics with "u_loss" (the V term), "v_loss", "mse" of V per element, and
     "feature_loss" with `extra`).
   """
   z = paths.interpolate(x, eps, t)
-  V, u, v = compound_velocity(net, z, r, t, v_c)
+  if rows is None:
+    V, u, v = compound_velocity(losses.bind(net, cond), z, r, t, v_c)
+  else:
+    V, u, v = compound_velocity_by_rows(net, z, r, t, v_c, rows, cond)
   target = jax.lax.stop_gradient(v_tilde)
   u_term = robust_weighted_error(V, target, p, c)
   v_term = robust_weighted_error(v, target, p, c)
@@ -170,7 +192,7 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None):
   return loss, metrics
 
 
-class ImprovedMeanFlow(Objective):
+class ImprovedMeanFlow(AverageVelocity):
   """iMF: times as MeanFlow's (time.ratio_r_neq_t; the paper 0.5), the guided target and
   its tangent from one 2B pass (class-conditional) or the v head's own velocity
   (unconditional), the loss `imf_loss`, generation by u's jumps at the omega and
@@ -178,24 +200,25 @@ class ImprovedMeanFlow(Objective):
   name = "imf"
   default_nfe = 1
   heads = ("u", "v")
-  reads = ("time.ratio_r_neq_t", "imf", "sample.omega")
+  reads = AverageVelocity.reads + ("imf", "sample.omega")
   conditions = ("omega", "t_min", "t_max")
 
-  def sample_times(self, key, b, time_cfg):
-    return timesteps.sample_t_r(key, b, distribution=time_cfg.distribution, mu=time_cfg.mu,
-                                sigma=time_cfg.sigma, ratio_r_neq_t=time_cfg.ratio_r_neq_t)
-
   def targets(self, key, net, x, eps, *, t, r, y, is_null, cond, guidance_cfg, imf_cfg,
-              num_classes):
+              num_classes, rows=None):
     """cond gains per-sample omega and [t_min, t_max] (omega = 1 on [0, 1] where the label
     was dropped: the unconditional model is unguided); v = (v_c, v~)."""
     del y, guidance_cfg
     z = paths.interpolate(x, eps, t)
     v_t = paths.conditional_velocity(x, eps, t)
     if not num_classes:
-      # No guidance: v~ = v_t; the tangent is still the network's own velocity at h = 0.
-      _, v_c = net(z, t, t, cond)
-      return cond, (jax.lax.stop_gradient(v_c), v_t)
+      # No guidance: v~ = v_t; the tangent is still the network's own velocity at h = 0,
+      # needed on the r != t rows alone (zeros elsewhere: the loss reads none there).
+      own = lambda c, z, t: (jax.lax.stop_gradient(net(z, t, t, c)[1]),)
+      if rows is None:
+        (v_c,) = own(cond, z, t)
+      else:
+        (v_c,) = losses.by_rows(rows, cond, own, lambda c, z, t: (jnp.zeros_like(z),), z, t)
+      return cond, (v_c, v_t)
     b = x.shape[0]
     key_omega, key_interval = jax.random.split(key)
     omega = sample_omega(key_omega, b, imf_cfg.s_max, imf_cfg.beta)
@@ -206,10 +229,10 @@ class ImprovedMeanFlow(Objective):
                                  num_classes)
     return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (v_c, v_tilde)
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None, rows=None, cond=None):
     v_c, v_tilde = v
     return imf_loss(net, x, eps, r=r, t=t, v_c=v_c, v_tilde=v_tilde, p=loss_cfg.p, c=loss_cfg.c,
-                    extra=extra)
+                    extra=extra, rows=rows, cond=cond)
 
   def average_velocity(self, net):
     return lambda z, r, t: net(z, r, t)[0]

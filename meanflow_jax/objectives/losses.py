@@ -34,6 +34,50 @@ def meanflow_target(u_fn, z, r, t, v):
   return u, jax.lax.stop_gradient(u_tgt)
 
 
+def bind(u_fn, cond):
+  """`u_fn` as a function of (z, r, t): itself when `cond` is None, else with its fourth
+  argument, the network's conditions, bound to `cond`."""
+  return u_fn if cond is None else (lambda z, r, t: u_fn(z, r, t, cond))
+
+
+def by_rows(rows, cond, jvp_part, plain_part, *arrays):
+  """Outputs of `jvp_part` on the r != t rows of `rows` and of `plain_part` on the others,
+  merged back into batch order.
+
+  Args:
+    rows: a `timesteps.RowSplit`.
+    cond: None, or a pytree of the network's `[B]` conditions, split with the rows.
+    jvp_part, plain_part: `f(cond_part, *arrays_part) -> tuple of [n, ...]` arrays.
+    arrays: `[B, ...]` inputs.
+
+  Returns:
+    the tuple of merged `[B, ...]` outputs. A part with no rows is not called.
+  """
+  (cond_j, *arr_j), (cond_p, *arr_p) = rows.split((cond, *arrays))
+  if rows.count == 0:
+    return plain_part(cond_p, *arr_p)
+  if rows.count == rows.batch_size:
+    return jvp_part(cond_j, *arr_j)
+  out_j, out_p = jvp_part(cond_j, *arr_j), plain_part(cond_p, *arr_p)
+  return tuple(rows.merge(a, b) for a, b in zip(out_j, out_p))
+
+
+def meanflow_target_by_rows(u_fn, z, r, t, v, rows, cond=None):
+  """`meanflow_target`'s (u, u_tgt) with the JVP on the r != t rows of `rows` alone.
+
+  On the rows with r = t, u_tgt = v - 0 * du/dt = v exactly, so they take one plain
+  forward pass: the same u and u_tgt per row as `meanflow_target` at a fraction of its
+  cost. `u_fn(z, r, t, cond)` (or `u_fn(z, r, t)` with `cond` None); shapes as there.
+  """
+  def jvp_part(c, z, r, t, v):
+    return meanflow_target(bind(u_fn, c), z, r, t, v)
+
+  def plain_part(c, z, r, t, v):
+    return bind(u_fn, c)(z, r, t), jax.lax.stop_gradient(v)
+
+  return by_rows(rows, cond, jvp_part, plain_part, z, r, t, v)
+
+
 def adaptive_weight(err, p, c):
   """w = sg(1 / (err + c)^p), per sample; p = 0 gives w = 1 (plain squared error)."""
   return jax.lax.stop_gradient(1.0 / (err + c) ** p)
@@ -71,7 +115,8 @@ def extra_term(extra, z, pred, t, x):
   return extra(z - paths.expand_time(t, z) * pred, x)
 
 
-def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3, extra=None):
+def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3, extra=None, rows=None,
+                  cond=None):
   """MeanFlow loss  E[ w * ||u_theta(z_t, r, t) - u_tgt||^2 ],  w = sg(1/(err + c)^p).
 
   Args:
@@ -83,6 +128,9 @@ def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3, extra=None):
     p, c: adaptive-weight power and offset (p = 0: plain squared error).
     extra: optional `extra(x_hat, x) -> [B]` added per sample, at x_hat = z_t - t u
       (`objectives.features`).
+    rows: None (the JVP on every row), or the batch's `timesteps.RowSplit`, whose r != t
+      rows alone take the JVP (`meanflow_target_by_rows`; r must equal t elsewhere).
+    cond: None, or the network's `[B]` conditions: then `u_fn(z, r, t, cond)`.
 
   Returns:
     (loss scalar, metrics dict with "mse", "mean_weight", "frac_r_neq_t", and
@@ -91,7 +139,10 @@ def meanflow_loss(u_fn, x, eps, *, t, r, v=None, p=1.0, c=1e-3, extra=None):
   z = paths.interpolate(x, eps, t)
   if v is None:
     v = paths.conditional_velocity(x, eps, t)
-  u, u_tgt = meanflow_target(u_fn, z, r, t, v)
+  if rows is None:
+    u, u_tgt = meanflow_target(bind(u_fn, cond), z, r, t, v)
+  else:
+    u, u_tgt = meanflow_target_by_rows(u_fn, z, r, t, v, rows, cond)
   loss, metrics = _weighted_loss(u, u_tgt, p, c, extra_term(extra, z, u, t, x))
   metrics["frac_r_neq_t"] = jnp.mean((r != t).astype(jnp.float32))
   return loss, metrics

@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 
 import jax.numpy as jnp
 
-from meanflow_jax import paths
+from meanflow_jax import paths, timesteps
 from meanflow_jax.errors import ConfigError
 from meanflow_jax.objectives import losses
 
@@ -45,14 +45,15 @@ class Objective:
   conditions: Tuple[str, ...] = ()
 
   def targets(self, key, net, x, eps, *, t, r, y, is_null, cond, guidance_cfg, imf_cfg,
-              num_classes):
+              num_classes, rows=None):
     """(cond, v): the network's conditions for the loss and the regression target that
     `loss` receives as `v` (None: v_t = eps - x).
 
     The default is MeanFlow's training-time guidance (class-conditional models, with
     `guidance_active`): v~ of `losses.guided_velocity` from u(z_t, t, t | y) and
     u(z_t, t, t | null), one batched pass of 2B with `net` (the step's parameters
-    before the update, no dropout) under a stop-gradient.
+    before the update, no dropout) under a stop-gradient; with kappa = 0, v~ does not
+    read u(z_t, t, t | y), and the pass is the B rows of u(z_t, t, t | null) alone.
 
     Args:
       key: this step's key for the objective's own draws.
@@ -60,14 +61,20 @@ class Objective:
       y: the true labels `[B]` (None: unconditional); is_null: bool `[B]`, the labels
         dropped to the null class (None: unconditional); cond: {"y": the labels the
         network sees} or {}.
+      rows: the batch's `timesteps.RowSplit` (`row_split`), or None.
     """
-    del key, r, imf_cfg
+    del key, r, imf_cfg, rows
     if not guidance_active(guidance_cfg, num_classes):
       return cond, None
     z = paths.interpolate(x, eps, t)
-    both = lambda a, b: jnp.concatenate([a, b])
-    out = net(both(z, z), both(t, t), both(t, t), {"y": both(y, jnp.full_like(y, num_classes))})
-    u_cond, u_uncond = jnp.split(out, 2)
+    null = {"y": jnp.full_like(y, num_classes)}
+    if guidance_cfg.kappa == 0.0:  # kappa * u_cond = 0 exactly: the cond half is not run
+      u_uncond = net(z, t, t, null)
+      u_cond = jnp.zeros_like(u_uncond)
+    else:
+      both = lambda a, b: jnp.concatenate([a, b])
+      out = net(both(z, z), both(t, t), both(t, t), {"y": both(y, null["y"])})
+      u_cond, u_uncond = jnp.split(out, 2)
     v = losses.guided_velocity(
         paths.conditional_velocity(x, eps, t), u_cond, u_uncond, t, omega=guidance_cfg.omega,
         kappa=guidance_cfg.kappa, t_interval=(guidance_cfg.t_min, guidance_cfg.t_max),
@@ -78,12 +85,22 @@ class Objective:
     """(t `[B]`, r `[B]`) with r <= t, from the `time` config section."""
     raise NotImplementedError
 
-  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None):
+  def row_split(self, b, time_cfg):
+    """The `timesteps.RowSplit` of a batch of `b` whose r != t rows alone need the JVP, or
+    None (every row alike). With one, the train step passes `loss` the `rows` and the
+    network's `cond`, and `net` takes `cond` as a fourth argument."""
+    del b, time_cfg
+    return None
+
+  def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None, rows=None, cond=None):
     """(scalar loss, metrics dict) for data x and noise eps `[B, ...]`.
 
     `v`: the target velocity `[B, ...]` (a guided v~), or None for v_t = eps - x.
     `extra`: None, or `extra(x_hat, x) -> [B]` (`objectives.features.term`) to add per
     sample at pMF's x field x_hat = z_t - t u of the network's (first) head.
+    `rows`, `cond`: given when `row_split` is not None: the rows and the network's `[B]`
+    conditions to split with them (`net(z, r, t, cond_part)`); `net(z, r, t)` is the
+    whole batch with its conditions.
     """
     raise NotImplementedError
 
@@ -116,6 +133,22 @@ class Objective:
   def sampler_name(self, method):
     """The sampler's name in result tables."""
     return self.name
+
+
+class AverageVelocity(Objective):
+  """The times of an objective that learns u(z, r, t): (t, r) per sample with r != t on a
+  `time.ratio_r_neq_t` fraction of rows; with `time.subset_jvp` exactly round(ratio B)
+  rows at the fixed positions of `timesteps.fixed_rows`, else an independent coin per
+  sample."""
+  reads = ("time.ratio_r_neq_t", "time.subset_jvp")
+
+  def row_split(self, b, time_cfg):
+    return timesteps.fixed_rows(b, time_cfg.ratio_r_neq_t) if time_cfg.subset_jvp else None
+
+  def sample_times(self, key, b, time_cfg):
+    return timesteps.sample_t_r(key, b, distribution=time_cfg.distribution, mu=time_cfg.mu,
+                                sigma=time_cfg.sigma, ratio_r_neq_t=time_cfg.ratio_r_neq_t,
+                                rows=self.row_split(b, time_cfg))
 
 
 _REGISTRY: Dict[str, Objective] = {}

@@ -30,11 +30,14 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "model.predict
 
 # Keys added after the first release, with the values that runs saved before them
 # were trained with (data.source is derived from data.path).
-_LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "prediction": "u"},
+_LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "prediction": "u",
+                     "remat": False},
            "imf": {"s_max": 7.0, "beta": 1.0},
+           "time": {"subset_jvp": False},
            "loss": {"features": "", "features_weight": 1.0},
            "mesh": {"data": -1, "fsdp": 1},
-           "train": {"sample_every": 0, "sample_nfe": 0, "init_from": ""},
+           "train": {"sample_every": 0, "sample_nfe": 0, "init_from": "", "prefetch": 0,
+                     "stop_check_every": 1, "profile_steps": []},
            "data": {"flip": False, "latent_scale": 0.18215, "mixture_dim": 2,
                     "mixture_separation": 4.0, "mixture_std": 0.25, "standardize": False},
            "prior": {"name": "gaussian", "coupling": "independent", "factor": 2,

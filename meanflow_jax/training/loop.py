@@ -18,7 +18,7 @@ from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupt
                                  MeanFlowError, NonFiniteError, WorkdirLockedError,
                                  WorkdirWriteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import distributed, inference, sharding, validate
+from meanflow_jax.training import distributed, inference, prefetch, sharding, validate
 from meanflow_jax.training import lock as lock_lib
 from meanflow_jax.training import train_state as ts
 # Re-exported: the loop's builders were defined here before builders.py.
@@ -118,6 +118,33 @@ def _write_error(error, workdir):
       f"could not write to {name or os.path.abspath(workdir)}: {reason}. Training stopped; "
       "free space (or train in another --workdir) and rerun to resume from the last "
       "checkpoint.")
+
+
+class _Profile:
+  """A `jax.profiler` trace of steps [first, last) (`train.profile_steps`; () none) in
+  `directory`, by every process (TensorBoard's profile plugin or Perfetto opens it)."""
+
+  def __init__(self, steps, directory):
+    self.steps, self.directory, self.running = tuple(steps), directory, False
+
+  def at(self, step, state):
+    """Called before `step` runs: starts or stops the trace there (once `state`, the
+    previous step's output, is computed)."""
+    if not self.steps:
+      return
+    first, last = self.steps
+    if step == first and not self.running:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.directory)
+      self.running = True
+    elif step == last and self.running:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self):
+    if self.running:
+      self.running = False
+      jax.profiler.stop_trace()
 
 
 PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
@@ -378,17 +405,27 @@ def _train(config, workdir, allow_changes, cleanup):
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
-  pending, t_last = [], time.time()
-  bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
-             unit="step", dynamic_ncols=True, disable=None if main else True)
+  pending, t_last, waited = [], time.time(), 0.0
+  bar = tqdm(initial=start, total=config.train.steps, unit="step", dynamic_ncols=True,
+             disable=None if main else True)
+  batches = prefetch.Prefetch(load, start, config.train.steps, config.train.prefetch)
+  cleanup.callback(batches.close)
+  profile = _Profile(config.train.profile_steps, os.path.join(workdir, "profile"))
+  cleanup.callback(profile.close)
+  stop_every = 1 if jax.process_count() == 1 else config.train.stop_check_every
   finished = False
   try:
-    for step in bar:
-      state, metrics = compiled(state, load(step), key_steps)
+    for step, batch, wait in batches:
+      profile.at(step, state)
+      state, metrics = compiled(state, batch, key_steps)
       pending.append(metrics)
+      waited += wait
       done = step + 1
-      # A signal may reach one process only: all of them must stop at the same step.
-      stopping = distributed.any_process(stop["signal"])
+      bar.update(1)
+      # A signal may reach one process only: all of them must stop at the same step. They
+      # agree every `stop_every` steps (an all-gather that waits for the slowest process).
+      stopping = (done % stop_every == 0 or done == config.train.steps) and (
+          distributed.any_process(stop["signal"]))
       log = done % config.train.log_every == 0 or done == config.train.steps
       save = (done % config.train.checkpoint_every == 0 or done == config.train.steps
               or stopping)
@@ -401,13 +438,15 @@ def _train(config, workdir, allow_changes, cleanup):
         row = {k: float(np.mean([m[k] for m in logs])) for k in logs[0] if k != "finite"}
         row.update(step=done, steps_per_s=len(logs) / max(now - t_last, 1e-9))
         row["examples_per_s"] = row["steps_per_s"] * batch_size
+        # The share of the interval the loop waited for batches (0: the data kept up).
+        row["data_wait_frac"] = min(1.0, waited / max(now - t_last, 1e-9))
         if main:
           with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
           writer.scalars(done, {f"train/{k}": v for k, v in row.items() if k != "step"})
         # tqdm shows steps/s and the ETA; examples/s is what compares across batch sizes.
         bar.set_postfix(loss=f"{row['loss']:.4f}", examples_per_s=f"{row['examples_per_s']:.0f}")
-        pending, t_last = [], now
+        pending, t_last, waited = [], now, 0.0
       if save:
         _save(ckpt, done, state, config_dict, dict(meta, data_position=done * batch_size),
               replicated)

@@ -50,6 +50,8 @@ def build_model(config):
     kwargs["guided"] = True
   if m.get("prediction", "u") != "u":
     kwargs["prediction"] = m.prediction
+  if m.get("remat", False):  # off: models without the attribute build as before
+    kwargs["remat"] = True
   try:
     return models.build(m.name, m.variant or None, **kwargs)
   except (TypeError, ValueError) as e:

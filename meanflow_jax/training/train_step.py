@@ -49,6 +49,9 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   `objectives.guided_velocity`, whose u(z_t, t, t | .) terms come from the current
   parameters under a stop-gradient. Unconditional models ignore `y`.
 
+  An objective with a `row_split` (MeanFlow and iMF with `time.subset_jvp`) runs its JVP
+  on the batch's r != t rows alone and a plain forward pass on the rest.
+
   `feature_loss`: None, or a per-sample term `(x_hat, x) -> [B]` added to the loss
   (`objectives.features.from_config`; pMF's perceptual loss with the user's network).
   """
@@ -69,6 +72,7 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
   # An unknown name is a ConfigError listing the registered objectives.
   obj = objectives.get(objective)
   t, r = obj.sample_times(key_time, b, time_cfg)
+  rows = obj.row_split(b, time_cfg)  # None, or the r != t rows that alone need the JVP
 
   y_true, is_null, cond = None, None, {}
   if num_classes:
@@ -83,15 +87,22 @@ def train_step(state, batch, base_key, *, apply_fn, tx, objective, time_cfg, los
     cond = dict(cond)
     return apply_fn(params, z, r, t, cond.pop("y", None), **cond, **kwargs)
 
+  # `rows` only when there are some: an objective whose targets take none still trains.
+  split = {} if rows is None else {"rows": rows}
   cond, v = obj.targets(key_target, lambda z, r, t, c: call(state.params, z, r, t, c), x, eps,
                         t=t, r=r, y=y_true, is_null=is_null, cond=cond,
-                        guidance_cfg=guidance_cfg, imf_cfg=imf_cfg, num_classes=num_classes)
+                        guidance_cfg=guidance_cfg, imf_cfg=imf_cfg, num_classes=num_classes,
+                        **split)
 
   def loss_fn(params):
-    net = lambda z, r, t: call(params, z, r, t, cond, train=True, rngs=rngs)
-    # `extra` only when there is one: an objective whose loss takes none still trains.
-    extra = {} if feature_loss is None else {"extra": feature_loss}
-    return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg, **extra)
+    def net(z, r, t, c=None):  # c: the conditions of a part of the batch (`row_split`)
+      return call(params, z, r, t, cond if c is None else c, train=True, rngs=rngs)
+
+    # Keywords only when used: an objective whose loss takes neither still trains.
+    kwargs = {} if feature_loss is None else {"extra": feature_loss}
+    if rows is not None:
+      kwargs.update(rows=rows, cond=cond)
+    return obj.loss(net, x, eps, t=t, r=r, v=v, loss_cfg=loss_cfg, **kwargs)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)

@@ -100,11 +100,11 @@ RANGES = (
     Range(("optimizer.b1", "optimizer.b2"), _within(0.0, 1.0), "in [0, 1)"),
     Range(("optimizer.weight_decay", "optimizer.grad_clip", "optimizer.warmup_steps",
            "loss.p", "data.mixture_separation", "prior.noise_std", "guidance.kappa",
-           "train.sample_every", "train.sample_nfe", "model.num_classes",
+           "train.sample_every", "train.sample_nfe", "model.num_classes", "train.prefetch",
            "model.imf_dit.head_depth"),
           _at_least(0), "finite and >= 0 (0: off)"),
     Range(("train.steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
-           "train.max_to_keep", "data.mixture_dim", "prior.factor", "prior.fit_examples",
+           "train.max_to_keep", "train.stop_check_every", "data.mixture_dim", "prior.factor", "prior.fit_examples",
            "sample.num_plot", "sample.grid_per_class", "model.mlp.width", "model.mlp.depth",
            "model.mlp.time_dim", "model.dit.patch_size", "model.dit.hidden_size",
            "model.dit.depth", "model.dit.num_heads", "model.unet.base_channels",
@@ -117,6 +117,11 @@ RANGES = (
           lambda v: isinstance(v, tuple) and (v == () or _sizes(v)),
           "a list of image sizes >= 1 (empty: no attention)"),
     Range(("mesh.data", "mesh.fsdp"), _mesh_axis, "-1 (the remaining devices) or >= 1"),
+    Range(("train.profile_steps",),
+          lambda v: v == () or (isinstance(v, tuple) and len(v) == 2
+                                and all(isinstance(s, int) and s >= 0 for s in v)
+                                and v[0] < v[1]),
+          "empty (no trace) or two steps (first, last) with 0 <= first < last"),
 )
 
 
@@ -200,6 +205,9 @@ READ_WHEN = (
              "their defaults"),
     *_model_sections(),
     # The MLP computes in float32 throughout; only DiT and U-Net take a matmul dtype.
+    ReadWhen(("model.remat",), ("model.name",), lambda c: c.model.name in ("dit", "imf_dit"),
+             "model.name is dit or imf_dit (transformer blocks)",
+             "leave model.remat at False"),
     ReadWhen(("model.dtype",), ("model.name",),
              lambda c: c.model.name in ("dit", "imf_dit", "unet"),
              "model.name is dit, imf_dit or unet", "leave model.dtype at 'float32'"),
@@ -231,10 +239,10 @@ READ_WHEN = (
              "time.distribution = 'logit_normal'",
              "set --config.time.distribution=logit_normal, or leave time.mu and time.sigma "
              "at their defaults"),
-    ReadWhen(("time.ratio_r_neq_t",), ("objective",),
+    ReadWhen(("time.ratio_r_neq_t", "time.subset_jvp"), ("objective",),
              lambda c: _objective_reads(c, "time.ratio_r_neq_t"),
              "objective is meanflow or imf (flow matching has r = t)",
-             "leave time.ratio_r_neq_t at its default"),
+             "leave time.ratio_r_neq_t and time.subset_jvp at their defaults"),
     ReadWhen(("loss.features_weight",), ("loss.features",), lambda c: bool(c.loss.features),
              "loss.features names a feature network", "set --config.loss.features (e.g. "
              "classifier), or leave loss.features_weight at its default"),
