@@ -1,24 +1,28 @@
-"""MeanFlow's train-step time over flow matching's: same model, batch and config.
+"""Train-step cost of objectives against the last one named: same model, batch and config.
 
   python scripts/bench_train_step.py
-  python scripts/bench_train_step.py --models dit,dit_noguide --steps 200
-  python scripts/bench_train_step.py --models dit_imf --objectives imf,meanflow
+  python scripts/bench_train_step.py --models paper,paper_guided --steps 40
+  python scripts/bench_train_step.py --models dit_imf --objectives imf,imf:full,meanflow
 
---objectives names the pair compared (default meanflow,flow_matching); each objective
-runs on the model it builds (iMF adds its v head, and guidance conditions where the
-model is class-conditional).
+--objectives names the steps compared, each timed against the last: an objective's name,
+or NAME:full for MeanFlow or iMF with the JVP on every row (`time.subset_jvp` False, the
+step before the subset JVP; a coin per sample). Default: meanflow,meanflow:full,
+flow_matching. Each objective runs on the model it builds (iMF adds its v head, and
+guidance conditions where the model is class-conditional).
 
-For each model both steps are compiled ahead of time (as `training.loop` does),
-warmed up, then timed one step at a time in alternating blocks (MF, FM, FM, MF,
-...), so load from other processes on the machine falls on both alike; each time
-is the median over steps. The data is random: loading is not what is measured.
-Beside the time ratio, XLA's FLOP ratio of the two compiled steps. Writes --out
-(Markdown) and the same path with .json.
+For each model every step is compiled ahead of time (as `training.loop` does), warmed
+up, then timed one step at a time in blocks whose order alternates (A B C, C B A, ...),
+so load from other processes on the machine falls on all alike; each time is the median
+over steps. The data is random: loading is not what is measured. Beside the time ratios,
+XLA's FLOP ratios of the compiled steps. Writes --out (Markdown) and the same path with
+.json.
 
-XLA counts the MeanFlow step as the flow-matching step plus one forward pass: the
-JVP's primal is the prediction and its tangent costs one forward, while the
-backward runs through the primal only (u_tgt is stop-gradient). So the FLOP ratio
-is about 4/3 unguided, and (4 + 2) / (3 + 2) with guidance's two extra forwards.
+In forward passes of the network: flow matching's step is 3 (forward and backward),
+guidance adds 2 (kappa != 0) or 1 (kappa = 0) to every objective; MeanFlow's JVP adds its
+tangent, 1 forward on the rows it runs on: all of them with NAME:full, the fraction
+time.ratio_r_neq_t with the subset JVP. At the paper's ImageNet setting (ratio 0.25, no
+guidance) the floor is 3.25 / 3 = 1.083 (1.33 before); with omega 1, kappa 0.5 it is
+5.25 / 5 = 1.05 (6 / 5 before).
 """
 import functools
 import json
@@ -38,22 +42,31 @@ from meanflow_jax.training import builders
 from meanflow_jax.training import train_state as ts
 from meanflow_jax.training.train_step import guidance_active
 
-_MODELS = flags.DEFINE_list("models", ["mlp", "dit", "dit_noguide", "unet"],
-                            "Subset of: mlp, dit, dit_noguide, unet.")
+_MODELS = flags.DEFINE_list("models", ["mlp", "dit", "dit_noguide", "unet", "paper",
+                                       "paper_guided"],
+                            "Subset of: mlp, dit, dit_noguide, dit_imf, unet, paper, "
+                            "paper_guided.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per objective and model.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps per objective before timing.")
 _BLOCK = flags.DEFINE_integer("block", 10, "Steps per block of one objective.")
 _OUT = flags.DEFINE_string("out", "runs/bench_train_step.md", "Markdown table; JSON beside it.")
-_OBJECTIVES = flags.DEFINE_list("objectives", ["meanflow", "flow_matching"],
-                                "The two objectives compared: first over second.")
+_OBJECTIVES = flags.DEFINE_list("objectives", ["meanflow", "meanflow:full", "flow_matching"],
+                                "Steps compared, each against the last: objective names, "
+                                "NAME:full for the JVP on every row.")
 
 SHORT = {"meanflow": "MF", "flow_matching": "FM", "imf": "iMF"}
+FULL = ":full"  # the JVP on every row (time.subset_jvp = False)
 
 
-def _columns(pair):
-  a, b = (SHORT.get(o, o) for o in pair)
-  return ["model", "params", "batch", f"{a} ms/step", f"{b} ms/step", "time ratio",
-          "FLOP ratio"]
+def _short(o):
+  name = o[:-len(FULL)] if o.endswith(FULL) else o
+  return SHORT.get(name, name) + (" full JVP" if o.endswith(FULL) else "")
+
+
+def _columns(names):
+  base = _short(names[-1])
+  return (["model", "params", "batch"] + [f"{_short(o)} ms/step" for o in names]
+          + [f"{_short(o)} / {base} {what}" for o in names[:-1] for what in ("time", "FLOPs")])
 
 
 def _mlp():
@@ -73,6 +86,20 @@ def _dit_imf():
   return digits_imf.get_config(), (8, 8, 1)
 
 
+def _paper(guidance):
+  """MeanFlow's ImageNet setting (r != t on 25 % of rows, logit-normal(-0.4, 1), p = 1;
+  no guidance, or omega 1, kappa 0.5) on a small DiT: 4 x 256, patch 2, 16x16x4 latents
+  (64 tokens), 10 classes, batch 64."""
+  c = default.get_config()
+  c.model.name, c.model.num_classes = "dit", 10
+  c.model.dit.patch_size, c.model.dit.hidden_size = 2, 256
+  c.model.dit.depth, c.model.dit.num_heads = 4, 4
+  c.time.ratio_r_neq_t = 0.25
+  c.guidance.omega, c.guidance.kappa = (1.0, 0.5) if guidance else (1.0, 0.0)
+  c.train.batch_size = 64
+  return c, (16, 16, 4)
+
+
 def _unet():
   c = default.get_config()
   c.model.name, c.model.variant = "unet", "small"
@@ -86,6 +113,9 @@ CASES = {  # name: (table label, config and one example's shape)
     "dit_noguide": ("DiT 4x128/2, 8x8x1, guidance off", functools.partial(_dit, False)),
     "dit_imf": ("DiT 4x128/2, 8x8x1, iMF recipe", _dit_imf),
     "unet": ("U-Net small, 16x16x1", _unet),
+    "paper": ("DiT 4x256/2, 16x16x4, ratio 0.25, guidance off", functools.partial(_paper, False)),
+    "paper_guided": ("DiT 4x256/2, 16x16x4, ratio 0.25, omega 1 kappa 0.5",
+                     functools.partial(_paper, True)),
 }
 
 
@@ -111,10 +141,10 @@ def _run(step, state, batch, key, n):
 
 def _time_interleaved(name, steps, states, batch, key):
   """Seconds of each timed step per objective, in blocks whose order alternates."""
-  pair = list(steps)
-  times = {o: [] for o in pair}
+  names = list(steps)
+  times = {o: [] for o in names}
   for i in tqdm(range(-(-_STEPS.value // _BLOCK.value)), desc=name, unit="round", leave=False):
-    for o in (pair if i % 2 == 0 else pair[::-1]):
+    for o in (names if i % 2 == 0 else names[::-1]):
       states[o], dt, metrics = _run(steps[o], states[o], batch, key, _BLOCK.value)
       times[o] += dt
       if not int(metrics["finite"]):
@@ -122,8 +152,17 @@ def _time_interleaved(name, steps, states, batch, key):
   return times
 
 
-def bench(name, pair):
-  """One row of the table: both steps of case `name`, compiled, warmed up and timed."""
+def _config(base, o):
+  """`base` for the step named `o` (an objective, or NAME:full)."""
+  config = base.copy_and_resolve_references()
+  with config.unlocked():
+    config.objective = o[:-len(FULL)] if o.endswith(FULL) else o
+    config.time.subset_jvp = not o.endswith(FULL)
+  return config
+
+
+def bench(name, names):
+  """One row of the table: every step of case `name`, compiled, warmed up and timed."""
   label, make = CASES[name]
   base, data_shape = make()
   b = base.train.batch_size
@@ -133,10 +172,8 @@ def bench(name, pair):
   # One state per objective (each step donates, and so deletes, the state it is given),
   # on the model that objective builds.
   states, steps, flops, params = {}, {}, {}, {}
-  for o in pair:
-    config = base.copy_and_resolve_references()
-    with config.unlocked():
-      config.objective = o
+  for o in names:
+    config = _config(base, o)
     model = ts.build_model(config)
     tx = ts.make_optimizer(config.optimizer, config.train.steps)
     init = jax.jit(functools.partial(ts.init_state, model=model, tx=tx, example_x=batch[0][:1],
@@ -146,12 +183,14 @@ def bench(name, pair):
     steps[o], flops[o] = _compile(config, model, tx, states[o], batch, key)
     states[o], _, _ = _run(steps[o], states[o], batch, key, _WARMUP.value)
   times = _time_interleaved(name, steps, states, batch, key)
-  ms = {o: 1e3 * float(np.median(times[o])) for o in pair}
-  a, z = pair
-  row = {"model": label, "case": name, "pair": list(pair), "params": params[a],
+  ms = {o: 1e3 * float(np.median(times[o])) for o in names}
+  last = names[-1]
+  row = {"model": label, "case": name, "objectives": list(names), "params": params[names[0]],
          "guidance": guidance_active(base.guidance, base.model.num_classes), "batch": b,
-         "time_ratio": round(ms[a] / ms[z], 3), "flop_ratio": round(flops[a] / flops[z], 3)}
-  for o in pair:
+         "ratio_r_neq_t": base.time.ratio_r_neq_t,
+         "time_ratio": {o: round(ms[o] / ms[last], 3) for o in names[:-1]},
+         "flop_ratio": {o: round(flops[o] / flops[last], 3) for o in names[:-1]}}
+  for o in names:
     row.update({f"{o}_ms": round(ms[o], 2), f"{o}_gflop": flops[o] / 1e9, f"{o}_params": params[o],
                 f"{o}_iqr_ms": [1e3 * float(q) for q in np.percentile(times[o], [25, 75])]})
   return row
@@ -162,27 +201,34 @@ def main(argv):
   unknown = set(_MODELS.value) - set(CASES)
   if unknown:
     raise ConfigError(f"unknown --models {sorted(unknown)}; choose from {list(CASES)}.")
-  pair = tuple(_OBJECTIVES.value)
-  if len(pair) != 2 or pair[0] == pair[1]:
-    raise ConfigError(f"--objectives takes two different objectives; got {list(pair)}.")
-  for o in pair:
-    objectives.get(o)  # unknown: one line listing the registered ones
+  names = tuple(_OBJECTIVES.value)
+  if len(names) < 2 or len(set(names)) != len(names):
+    raise ConfigError(f"--objectives takes two or more different steps; got {list(names)}.")
+  for o in names:
+    obj = objectives.get(o[:-len(FULL)] if o.endswith(FULL) else o)  # unknown: one line
+    if o.endswith(FULL) and "time.subset_jvp" not in obj.reads:
+      raise ConfigError(f"{o}: {obj.name} has no JVP to run on every row.")
   load_before = os.getloadavg()
   rows = []
   for name in _MODELS.value:
     start = time.perf_counter()
-    rows.append(bench(name, pair))
+    rows.append(bench(name, names))
     r = rows[-1]
-    print(f"{r['model']}: {pair[0]} {r[pair[0] + '_ms']} ms, {pair[1]} {r[pair[1] + '_ms']} ms, "
-          f"time x{r['time_ratio']}, FLOPs x{r['flop_ratio']} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"{r['model']}: " + ", ".join(f"{o} {r[o + '_ms']} ms" for o in names)
+          + "; time " + ", ".join(f"x{v}" for v in r["time_ratio"].values())
+          + "; FLOPs " + ", ".join(f"x{v}" for v in r["flop_ratio"].values())
+          + f" ({time.perf_counter() - start:.0f} s)", flush=True)
   load = f"load average (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
   note = (f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores, {load}; median of "
           f"{_STEPS.value} steps each, in alternating blocks of {_BLOCK.value}.")
-  columns = _columns(pair)
-  cells = lambda r: dict(zip(columns, (
-      r["model"], f"{r['params']:,}", r["batch"], f"{r[pair[0] + '_ms']:.1f}",
-      f"{r[pair[1] + '_ms']:.1f}", f"{r['time_ratio']:.2f}", f"{r['flop_ratio']:.2f}")))
+  columns = _columns(names)
+
+  def cells(r):
+    values = [r["model"], f"{r['params']:,}", r["batch"]]
+    values += [f"{r[o + '_ms']:.1f}" for o in names]
+    values += [f"{r[k][o]:.2f}" for o in names[:-1] for k in ("time_ratio", "flop_ratio")]
+    return dict(zip(columns, values))
+
   table = markdown_table([cells(r) for r in rows], columns)
   print(f"\n{table}\n\n{note}")
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)

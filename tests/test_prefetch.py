@@ -91,7 +91,7 @@ def test_profile_steps_write_a_trace(tmp_path):
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
 
 
-@pytest.mark.parametrize("steps", [(3,), (4, 2), (-1, 2)])
+@pytest.mark.parametrize("steps", [(3,), (4, 2), (-1, 2), (12, 14)])
 def test_bad_profile_steps_are_refused(tmp_path, steps):
   with pytest.raises(ConfigError, match="train.profile_steps"):
     training.train(_config(**{"train.profile_steps": steps}), str(tmp_path))

@@ -96,6 +96,8 @@ def tiny_args(argv):
     extra = _model_args(argv) + SHORT
     if "--config.prior.name=lowfreq" in argv:
       extra.append("--config.prior.fit_examples=64")
+    if _flag(argv, "config.train.profile_steps"):
+      extra.append("--config.train.profile_steps=(1, 3)")  # inside the 4 steps
     return extra
   return {
       "sample.py": [],
@@ -117,7 +119,9 @@ def tiny_args(argv):
                                 "--nfe", "1,2", "--num", "200", "--num_paths", "32",
                                 "--path_steps", "4"],
       "dryrun.py": DIT + ["--batch", "16", "--data_shape", "8,8,4"],
-      "bench_train_step.py": ["--steps", "2", "--warmup", "1", "--block", "1"],
+      "bench_train_step.py": ["--steps", "2", "--warmup", "1", "--block", "1",
+                              "--models", "mlp,paper"],
+      "bench_prefetch.py": ["--steps", "4", "--examples", "128", "--delay_ms", "0,20"],
   }[script]
 
 
@@ -219,7 +223,8 @@ def _outputs(argv, stdout):
   script, workdir, out = os.path.basename(argv[0]), _flag(argv, "workdir"), _flag(argv, "out")
   if script == "train.py":
     return [f"{workdir}/{n}" for n in ("config.json", "metrics.jsonl", "checkpoints",
-                                        "tensorboard")]
+                                        "tensorboard")] + (
+        [f"{workdir}/profile"] if _flag(argv, "config.train.profile_steps") else [])
   if script == "compare_samples.py":
     return [out]
   if script == "sample.py":
@@ -236,6 +241,8 @@ def _outputs(argv, stdout):
     return [f"results/{name}/table.md"]
   if script == "bench_train_step.py":
     return ["runs/bench_train_step.md"]
+  if script == "bench_prefetch.py":
+    return ["runs/bench_prefetch.md"]
   assert "TFLOP/step" in stdout, stdout[-2000:]  # dryrun prints its figures
   return []
 

@@ -215,3 +215,37 @@ def test_old_runs_keep_the_coin_per_sample():
   rows = objectives.get("meanflow").row_split(8, toy.get_config().time)
   assert rows == timesteps.fixed_rows(8, toy.get_config().time.ratio_r_neq_t)
   assert imf.ImprovedMeanFlow.reads[:2] == ("time.ratio_r_neq_t", "time.subset_jvp")
+
+
+@pytest.mark.parametrize("name", ["dit", pytest.param("imf_dit", marks=pytest.mark.slow)])
+def test_remat_keeps_parameters_and_gradients(name):
+  """model.remat recomputes the blocks in the backward pass: the same parameter tree and
+  the same loss gradient as without it."""
+  c = digits.get_config()
+  c.model.name = name
+  section = c.model[name]
+  section.patch_size, section.hidden_size, section.depth, section.num_heads = 4, 32, 2, 2
+  if name == "imf_dit":
+    section.head_depth = 1
+  x, y = (jnp.asarray(a) for a in images.make_image_source("digits", batch_size=8,
+                                                             seed=0).batch(0))
+  t = jnp.linspace(0.1, 0.9, 8)
+  grads = []
+  for remat in (False, True):
+    c.model.remat = remat
+    model = ts.build_model(c)
+    assert model.remat is remat
+    params = model.init(jax.random.key(0), x, t, t, y)
+    # Zero-initialised gates and heads would make every block's gradient 0: perturb them.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
+                                       for a, k in zip(leaves, keys)])
+    out = lambda p: jax.tree.leaves(model.apply(p, x, 0.5 * t, t, y))[0]
+    grads.append(jax.jit(jax.grad(lambda p: jnp.sum(out(p) * x)))(params))
+  assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
+  block = [g for path, g in jax.tree_util.tree_leaves_with_path(grads[0])
+           if "block0" in jax.tree_util.keystr(path)]
+  assert block and max(float(jnp.max(jnp.abs(g))) for g in block) > 1e-4
+  for a, b in zip(*(jax.tree.leaves(g) for g in grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -362,6 +362,9 @@ def check_config(c, defaults=None, overrides=None):
                       f"[{c.sample.t_min}, {c.sample.t_max}].")
   if not 0.0 <= c.time.ratio_r_neq_t <= 1.0:
     raise ConfigError(f"time.ratio_r_neq_t must lie in [0, 1]; got {c.time.ratio_r_neq_t}.")
+  if c.train.profile_steps and c.train.profile_steps[0] >= c.train.steps:
+    raise ConfigError(f"train.profile_steps {tuple(c.train.profile_steps)} starts at or after "
+                      f"the last step ({c.train.steps}): no step would be traced.")
   if not c.train.ema_decays or not all(0.0 <= d < 1.0 for d in c.train.ema_decays):
     raise ConfigError(f"train.ema_decays must be a non-empty list of decays in [0, 1); got "
                       f"{c.train.ema_decays!r}.")
