@@ -19,8 +19,18 @@ import os
 import sys
 
 
+# XLA's CPU scheduler orders a program for concurrency and keeps more buffers alive than an
+# accelerator's memory-aware scheduler would (rematerialisation then saves almost nothing:
+# 5.35 -> 5.23 GiB of temporaries for an 8-block DiT's gradient, against 4.16 -> 3.38 GiB
+# in the memory-minimising order). The dry run asks for that order, so that its
+# temporaries approximate what a GPU needs.
+MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
 def _fake_devices_from_argv():
-  """--fake_devices must take effect before jax is imported."""
+  """--fake_devices (and the memory-minimising order) must take effect before jax is
+  imported."""
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + MEMORY_ORDER
   for i, a in enumerate(sys.argv):
     value = a.split("=", 1)[1] if a.startswith("--fake_devices=") else (
         sys.argv[i + 1] if a == "--fake_devices" and i + 1 < len(sys.argv) else None)

@@ -23,6 +23,7 @@ def imf_digits(tmp_path_factory):
   return work
 
 
+@pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_trains_resumes_and_logs_both_heads(imf_digits):
   rows = [json.loads(l) for l in open(imf_digits / "metrics.jsonl")]
   assert {"u_loss", "v_loss"} <= set(rows[-1]) and rows[-1]["step"] == 5

@@ -54,10 +54,14 @@ def test_error_is_raised_at_its_step():
     next(batches)
 
 
-def test_wait_is_measured_when_loading_is_slow():
+@pytest.mark.parametrize("depth", [0, 2])
+def test_stall_counts_only_while_the_device_is_idle(depth):
+  """A slow load stalls an idle device for its whole length, a busy one not at all."""
   slow = lambda step: time.sleep(0.05) or step
-  waits = [w for _, _, w in prefetch.Prefetch(slow, 0, 4, depth=0)]
-  assert min(waits) >= 0.05
+  idle = [w for _, _, w in prefetch.Prefetch(slow, 0, 4, depth=depth)]
+  assert min(idle) >= 0.04
+  busy = [w for _, _, w in prefetch.Prefetch(slow, 0, 4, depth=depth, busy=lambda: True)]
+  assert max(busy) == 0.0
 
 
 def _config(**overrides):

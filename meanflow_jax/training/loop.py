@@ -409,6 +409,9 @@ def _train(config, workdir, allow_changes, cleanup):
   bar = tqdm(initial=start, total=config.train.steps, unit="step", dynamic_ncols=True,
              disable=None if main else True)
   batches = prefetch.Prefetch(load, start, config.train.steps, config.train.prefetch)
+  last = {"metrics": None}
+  # The device is busy while the last step's metrics are not computed yet.
+  batches.busy = lambda: last["metrics"] is not None and not last["metrics"]["finite"].is_ready()
   cleanup.callback(batches.close)
   profile = _Profile(config.train.profile_steps, os.path.join(workdir, "profile"))
   cleanup.callback(profile.close)
@@ -418,6 +421,7 @@ def _train(config, workdir, allow_changes, cleanup):
     for step, batch, wait in batches:
       profile.at(step, state)
       state, metrics = compiled(state, batch, key_steps)
+      last["metrics"] = metrics
       pending.append(metrics)
       waited += wait
       done = step + 1
@@ -438,7 +442,8 @@ def _train(config, workdir, allow_changes, cleanup):
         row = {k: float(np.mean([m[k] for m in logs])) for k in logs[0] if k != "finite"}
         row.update(step=done, steps_per_s=len(logs) / max(now - t_last, 1e-9))
         row["examples_per_s"] = row["steps_per_s"] * batch_size
-        # The share of the interval the loop waited for batches (0: the data kept up).
+        # The share of the interval the device stood idle waiting for a batch (0: the data
+        # kept up; `prefetch.Prefetch`).
         row["data_wait_frac"] = min(1.0, waited / max(now - t_last, 1e-9))
         if main:
           with open(metrics_path, "a") as f:

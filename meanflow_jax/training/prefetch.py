@@ -11,19 +11,29 @@ import threading
 import time
 
 
+POLL_S = 0.002  # how often a consumer waiting for a batch looks whether the device is idle
+
+
 class Prefetch:
-  """Iterates `(step, load(step), seconds waited)` for `step` in `range(start, stop)`.
+  """Iterates `(step, load(step), seconds stalled)` for `step` in `range(start, stop)`.
 
   `load(step)` runs on one daemon thread, at most `depth` batches ahead of the consumer
   (`depth` 0: in the caller's thread, when asked). An exception in `load` is raised in
   the consumer at the step that needed that batch. `close()` stops the thread; it is also
   called at the end of the iteration.
+
+  Seconds stalled: the time the consumer waited for the batch while `busy()` was False
+  (the device had finished the work dispatched to it: with asynchronous dispatch the
+  host may wait while the device still computes, which costs nothing). Polled every
+  `POLL_S` with a thread; with `depth` 0, the whole load if the device was idle when it
+  ended (an upper bound).
   """
 
-  def __init__(self, load, start, stop, depth):
+  def __init__(self, load, start, stop, depth, busy=lambda: False):
     if depth < 0:
       raise ValueError(f"depth must be >= 0; got {depth}.")
     self._load, self._next, self._stop, self._depth = load, start, stop, depth
+    self.busy = busy
     self._done = threading.Event()
     self._queue = queue.Queue(maxsize=max(depth, 1))
     self._thread = None
@@ -53,12 +63,21 @@ class Prefetch:
     if self._next >= self._stop:
       self.close()
       raise StopIteration
-    start = time.perf_counter()
     if self._thread is None:
+      start = time.perf_counter()
       step, batch, error = self._next, self._load(self._next), None
+      waited = 0.0 if self.busy() else time.perf_counter() - start
     else:
-      step, batch, error = self._queue.get()
-    waited = time.perf_counter() - start
+      waited, last = 0.0, time.perf_counter()
+      while True:
+        try:
+          step, batch, error = self._queue.get(timeout=POLL_S)
+          break
+        except queue.Empty:
+          now = time.perf_counter()
+          if not self.busy():
+            waited += now - last
+          last = now
     if error is not None:
       self.close()
       raise error
