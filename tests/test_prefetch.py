@@ -100,3 +100,29 @@ def test_bad_profile_steps_are_refused(tmp_path, steps):
   with pytest.raises(ConfigError, match="train.profile_steps"):
     training.train(_config(**{"train.profile_steps": steps}), str(tmp_path))
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_sigterm_with_batches_ahead_saves_the_step_reached_and_resumes_exactly(tmp_path,
+                                                                               monkeypatch):
+  """A SIGTERM while the thread builds a batch ahead: the loop saves the step it reached
+  (not the one being built) and the rerun ends where a straight run ends."""
+  import signal
+  from meanflow_jax.data.points import PointSource
+  from meanflow_jax.errors import Interrupted
+  straight = training.train(_config(), str(tmp_path / "a"))
+  real_batch = PointSource.batch
+
+  def batch_then_signal(self, step):
+    if step == 8:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_batch(self, step)
+
+  monkeypatch.setattr(PointSource, "batch", batch_then_signal)
+  with pytest.raises(Interrupted):
+    training.train(_config(**{"train.prefetch": 3}), str(tmp_path / "b"))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "b" / "checkpoints") if s.isdigit())
+  assert 1 <= saved[-1] <= 9 and saved[-1] != 12
+  monkeypatch.setattr(PointSource, "batch", real_batch)
+  resumed = training.train(_config(**{"train.prefetch": 3}), str(tmp_path / "b"))
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)

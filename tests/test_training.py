@@ -124,7 +124,10 @@ def test_sampler_nfe_and_objective(tmp_path):
 
 def test_sigterm_saves_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
   """A SIGTERM between logs (step 15 of log_every 10) saves, and a rerun continues exactly."""
-  cfg = tiny_config(**{"train.log_every": 10, "train.checkpoint_every": 40})
+  # The signal is sent as batch 14 is built: in the loop, so that it lands at step 15
+  # (built ahead, it would land a few steps earlier; tests/test_prefetch.py covers that).
+  cfg = tiny_config(**{"train.log_every": 10, "train.checkpoint_every": 40,
+                       "train.prefetch": 0})
   straight = training.train(cfg, str(tmp_path / "a"))
   real_batch = PointSource.batch
 
