@@ -9,22 +9,10 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-# XLA's CPU backend without its costly passes (tests/helpers/xla.py): the suite's time goes
-# into compiling small programs that then run a few steps, and this cuts it by a quarter.
-# Every comparison in the suite is between results computed under the same flags (the
-# subprocesses inherit them). MEANFLOW_JAX_TEST_OPTIMIZED=1 runs the suite as users compile.
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _fast_compile():
-  flags = os.environ.get("XLA_FLAGS", "")
-  if not os.environ.get("MEANFLOW_JAX_TEST_OPTIMIZED") and _FAST_COMPILE not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE}".strip()
 
 
 def pytest_configure(config):
-  """Fast XLA compilation (`_FAST_COMPILE`) and one persistent XLA compilation cache for
-  the whole session.
+  """One persistent XLA compilation cache for the whole session.
 
   Many tests compile the same small steps and samplers again (each `train()` call, each
   script run in a subprocess, each pytest worker): with the cache, only the first
@@ -32,7 +20,6 @@ def pytest_configure(config):
   Set here, before any test module imports jax, and in the environment, so the xdist
   workers and the scripts the tests start share it. A directory the user set is kept.
   """
-  _fast_compile()  # before any test module imports jax
   if os.environ.get(_CACHE_ENV):
     return
   path = tempfile.mkdtemp(prefix="meanflow_jax_xla_cache_")
