@@ -48,6 +48,7 @@ def test_muon_lr_scales_only_the_matrices():
   np.testing.assert_allclose(b["bias"], a["bias"], rtol=1e-6)
 
 
+@pytest.mark.slow  # end to end; the optimiser and the x field have their unit tests
 def test_muon_and_x_prediction_train_save_and_resume(tmp_path):
   """Muon's state (optax masks its two halves: leaves with no array) shards, saves and
   restores; an x-prediction iMF run trains through the loop and resumes."""
