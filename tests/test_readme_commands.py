@@ -97,7 +97,9 @@ def tiny_args(argv):
     if "--config.prior.name=lowfreq" in argv:
       extra.append("--config.prior.fit_examples=64")
     if _flag(argv, "config.train.profile_steps"):
-      extra.append("--config.train.profile_steps=(1, 3)")  # inside the 4 steps
+      # Long enough for the README's traced steps (a second tuple flag would be appended
+      # to the first by ml_collections, not replace it).
+      extra += ["--config.train.steps=16", "--config.train.checkpoint_every=16"]
     return extra
   return {
       "sample.py": [],
