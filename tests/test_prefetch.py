@@ -106,18 +106,11 @@ def test_sigterm_with_batches_ahead_saves_the_step_reached_and_resumes_exactly(t
                                                                                monkeypatch):
   """A SIGTERM while the thread builds a batch ahead: the loop saves the step it reached
   (not the one being built) and the rerun ends where a straight run ends."""
-  import signal
   from meanflow_jax.data.points import PointSource
   from meanflow_jax.errors import Interrupted
+  from tests.test_training import signal_at_batch
   straight = training.train(_config(), str(tmp_path / "a"))
-  real_batch = PointSource.batch
-
-  def batch_then_signal(self, step):
-    if step == 8:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_batch(self, step)
-
-  monkeypatch.setattr(PointSource, "batch", batch_then_signal)
+  real_batch = signal_at_batch(monkeypatch, 8)
   with pytest.raises(Interrupted):
     training.train(_config(**{"train.prefetch": 3}), str(tmp_path / "b"))
   saved = sorted(int(s) for s in os.listdir(tmp_path / "b" / "checkpoints") if s.isdigit())

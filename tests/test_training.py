@@ -122,6 +122,20 @@ def test_sampler_nfe_and_objective(tmp_path):
     sample(eps, 0)
 
 
+def signal_at_batch(monkeypatch, step):
+  """Sends this process a SIGTERM as the toy data's batch `step` is built; returns the
+  real `PointSource.batch` (to restore it)."""
+  real_batch = PointSource.batch
+
+  def batch_then_signal(self, s):
+    if s == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_batch(self, s)
+
+  monkeypatch.setattr(PointSource, "batch", batch_then_signal)
+  return real_batch
+
+
 def test_sigterm_saves_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
   """A SIGTERM between logs (step 15 of log_every 10) saves, and a rerun continues exactly."""
   # The signal is sent as batch 14 is built: in the loop, so that it lands at step 15
@@ -129,14 +143,7 @@ def test_sigterm_saves_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
   cfg = tiny_config(**{"train.log_every": 10, "train.checkpoint_every": 40,
                        "train.prefetch": 0})
   straight = training.train(cfg, str(tmp_path / "a"))
-  real_batch = PointSource.batch
-
-  def batch_then_signal(self, step):
-    if step == 14:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return real_batch(self, step)
-
-  monkeypatch.setattr(PointSource, "batch", batch_then_signal)
+  real_batch = signal_at_batch(monkeypatch, 14)
   with pytest.raises(Interrupted, match="after step 15") as info:
     training.train(cfg, str(tmp_path / "b"))
   assert info.value.exit_code == 128 + signal.SIGTERM

@@ -408,10 +408,11 @@ def _train(config, workdir, allow_changes, cleanup):
   pending, t_last, waited = [], time.time(), 0.0
   bar = tqdm(initial=start, total=config.train.steps, unit="step", dynamic_ncols=True,
              disable=None if main else True)
-  batches = prefetch.Prefetch(load, start, config.train.steps, config.train.prefetch)
   last = {"metrics": None}
   # The device is busy while the last step's metrics are not computed yet.
-  batches.busy = lambda: last["metrics"] is not None and not last["metrics"]["finite"].is_ready()
+  batches = prefetch.Prefetch(
+      load, start, config.train.steps, config.train.prefetch,
+      busy=lambda: last["metrics"] is not None and not last["metrics"]["finite"].is_ready())
   cleanup.callback(batches.close)
   profile = _Profile(config.train.profile_steps, os.path.join(workdir, "profile"))
   cleanup.callback(profile.close)
