@@ -164,9 +164,26 @@ def get_config():
                               # on a stop (SIGTERM); one process checks every step
   c.train.profile_steps = ()  # (first, last): a jax.profiler trace of those steps in
                               # workdir/profile; () none
+  c.train.eval_every = 0      # steps between evaluations of the sample.params copy during
+                              # training (and after the last step); 0 = none. The metric: exact
+                              # toy metrics (built-in mixtures), clf_fd (labelled images), fid
+                              # (with train.eval_inception); logged as eval/<metric>_nfe<k>
+  c.train.eval_num = 1_000    # samples per evaluation (per NFE)
+  c.train.eval_nfe = (1,)     # NFE values evaluated; the first one decides the best checkpoint
+  c.train.eval_keep_best = False  # keep the checkpoint with the best metric in workdir/best
+                              # (lower is better: fid, else clf_fd, else sliced_w2)
+  c.train.eval_inception = ""  # FID Inception weights (.npz): adds fid (needed for latents)
+  c.train.eval_ref = ""       # FID reference statistics (.npz); "" = of the training data
+  c.train.eval_vae = ""       # latents runs: VAE weights (.npz) that decode the samples
   c.train.init_from = ""      # workdir of a trained run whose parameters (its sample.params copy)
                               # start this one (params and EMA; fresh optimizer): fine-tuning,
                               # reflow. Only read when the run starts; resuming ignores it.
+
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb = False     # also log to Weights & Biases (pip install '.[wandb]'; offline
+                              # with WANDB_MODE=offline); metrics.jsonl and TensorBoard always
+  c.logging.wandb_project = "meanflow_jax"
+  c.logging.wandb_name = ""   # the run's name; "" = the workdir's name
 
   c.sample = ml_collections.ConfigDict()
   c.sample.params = "ema"     # "ema" (first EMA copy) | "raw" for sampling and evaluation

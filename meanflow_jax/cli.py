@@ -133,3 +133,24 @@ def floats(name, values):
   except ValueError:
     raise ConfigError(f"{name} takes numbers separated by commas (e.g. 1,2,4); got "
                       f"{','.join(values)!r}.") from None
+
+
+class DistributedFlags:
+  """The flags that join a multi-process job, shared by the scripts that take part in
+  one (train, evaluate): define them at import, `join()` before anything touches a
+  device."""
+
+  def __init__(self):
+    self.coordinator = flags.DEFINE_string(
+        "coordinator_address", "", "host:port of process 0 in a multi-process run.")
+    self.num_processes = flags.DEFINE_integer("num_processes", 0,
+                                              "Processes in the run (0: one).")
+    self.process_id = flags.DEFINE_integer("process_id", -1, "This process's index.")
+    self.auto = flags.DEFINE_bool("distributed_auto", False,
+                                  "Join a multi-process run found by JAX's cluster detection.")
+
+  def join(self):
+    """`(process_index, process_count)` after `distributed.initialize` with the flags."""
+    from meanflow_jax.training import distributed  # imports jax: only when joining
+    return distributed.initialize(self.coordinator.value, self.num_processes.value,
+                                  self.process_id.value, auto=self.auto.value)

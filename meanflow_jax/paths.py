@@ -58,12 +58,12 @@ def conditional_velocity(x, eps, t=None):
   return eps - x
 
 
-def sample_noise(key, num, shape, dtype=None):
-  """eps ~ N(0, I), `[num, *shape]`; sample i uses only `fold_in(key, i)`.
+def sample_noise(key, num, shape, dtype=None, start=0):
+  """eps ~ N(0, I), `[num, *shape]`; sample i uses only `fold_in(key, start + i)`.
 
   So a sample's noise does not depend on the batch size or on how a batch is
   sharded, and any single sample can be regenerated from (key, i).
   """
   draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape),
                                      dtype or jnp.float32)
-  return jax.vmap(draw)(jnp.arange(num))
+  return jax.vmap(draw)(start + jnp.arange(num))

@@ -124,12 +124,13 @@ class Prior(NamedTuple):
       return noise[ot_assignment(x, noise)]
     return noise
 
-  def sample(self, key, num, shape, y=None):
+  def sample(self, key, num, shape, y=None, start=0):
     """Inference-time source samples `[num, *shape]`; `y` int `[num]` picks the class
-    Gaussian of the low-frequency prior (None or K: the pooled one)."""
+    Gaussian of the low-frequency prior (None or K: the pooled one). Sample i depends
+    on `fold_in(key, start + i)` alone: rows `start:start + num` of a larger draw."""
     shape = tuple(shape)
     if self.name != "lowfreq":
-      return paths.sample_noise(key, num, shape)
+      return paths.sample_noise(key, num, shape, start=start)
     s = self.stats
     if s is None:
       raise ConfigError("the low-frequency prior needs its fitted statistics (prior.npz).")
@@ -142,7 +143,7 @@ class Prior(NamedTuple):
       coef = m + l @ jax.random.normal(key_c, m.shape)
       return coef, jax.random.normal(key_n, shape)
 
-    coef, noise = jax.vmap(one)(jnp.arange(num), mean, chol)
+    coef, noise = jax.vmap(one)(start + jnp.arange(num), mean, chol)
     low = upsample(coef.reshape((num,) + s.shape), self.factor)
     return low + self.noise_std * noise
 

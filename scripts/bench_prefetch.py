@@ -82,7 +82,8 @@ def run(path, delay_ms, prefetch):
     training.train(_config(path, prefetch), workdir)
   finally:
     loop.make_source = make
-  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))][1:]
+  rows = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+          if "steps_per_s" in r][1:]
   return (float(np.mean([r["steps_per_s"] for r in rows])),
           float(np.mean([r["data_wait_frac"] for r in rows])))
 

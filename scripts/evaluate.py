@@ -6,6 +6,8 @@
       --inception inception_fid.npz --ref cifar10_train_stats.npz
   python scripts/evaluate.py --workdir runs/digits_imf --nfe 1 2 --omega 1,2,4 \
       --interval 0,1 --interval 0.2,0.8     # iMF: guidance scales and intervals swept
+  python scripts/evaluate.py --workdir runs/in256_b2 --nfe 1 2 --num 50000 \
+      --vae sd_vae_ft_mse.npz --inception inception_fid.npz --ref imagenet256_stats.npz
 
 Built-in mixtures are scored exactly against the probability-flow map of the same
 noise; labelled images with the project's classifier (Frechet distance in its
@@ -14,11 +16,16 @@ features, "clf_fd", which is not FID; class agreement), and with --inception
 against --ref statistics (or the training data's). Sample i's noise is
 fold_in(key, i); batches are split over all local devices. Writes WORKDIR/eval.json
 (one row per NFE), WORKDIR/eval.md and WORKDIR/eval.png (samples; one row per class
-for conditional image runs).
+for conditional image runs with at most 16 classes). A run on VAE latents is decoded
+with --vae (converted SD-VAE weights, scripts/convert_vae_weights.py) and scored by
+FID. In a multi-process job (--coordinator_address, --num_processes, --process_id, as
+for scripts/train.py) every process runs this command: each scores its share of the samples on its own devices and the
+statistics are combined; process 0 writes the files.
 """
 import json
 import os
 
+import jax
 from absl import flags
 
 from meanflow_jax import cli, evaluate, plotting
@@ -38,6 +45,8 @@ _INCEPTION = flags.DEFINE_string("inception", None, "FID Inception weights (.npz
                                  "scripts/convert_inception_weights.py): adds the fid column.")
 _REF = flags.DEFINE_string("ref", None, "FID reference statistics (.npz with mu, sigma; "
                            "scripts/fid_stats.py); default: the run's training data.")
+_VAE = flags.DEFINE_string("vae", None, "Runs on VAE latents: the VAE weights (.npz, see "
+                           "scripts/convert_vae_weights.py) that decode the samples.")
 _BATCH = flags.DEFINE_integer("batch", 500, "Samples per sampler call.")
 _OMEGA = flags.DEFINE_list("omega", None, "iMF, class-conditional: guidance scales to sample "
                            "at, all from the one trained model, e.g. --omega 1,2,4; default: "
@@ -46,10 +55,12 @@ _INTERVAL = flags.DEFINE_multi_string("interval", None, "iMF: the guidance inter
                                       "t_min,t_max at sampling (default: the run's "
                                       "sample.t_min, sample.t_max); repeat it to sweep "
                                       "intervals: --interval 0,1 --interval 0.2,0.8.")
+_DISTRIBUTED = cli.DistributedFlags()
 flags.mark_flags_as_required(["workdir"])
 
 TOY_COLUMNS = ["method", "nfe", "transport_rms", "low_density_frac", "mode_tv", "sliced_w2",
                "samples_per_s"]
+MAX_GRID_CLASSES = 16
 IMAGE_COLUMNS = ["method", "nfe", "clf_fd", "agreement", "class_tv", "samples_per_s"]
 
 
@@ -60,7 +71,8 @@ def _toy(workdir, nfes):
   n = 4000
   panels = [("exact flow map", ev.exact[:n])] + [
       (f"{ev.rows[0]['method']}, {k} NFE", s[:n]) for k, s in ev.samples.items()]
-  plotting.scatter(panels, os.path.join(workdir, "eval.png"), log_prob=ev.mixture.log_prob)
+  if jax.process_index() == 0:
+    plotting.scatter(panels, os.path.join(workdir, "eval.png"), log_prob=ev.mixture.log_prob)
   return ev.rows, TOY_COLUMNS
 
 
@@ -72,12 +84,15 @@ def _guidance_intervals():
 
 
 def _images(workdir, nfes, config):
+  k, per = config.model.num_classes, config.sample.grid_per_class
+  k = k if k <= MAX_GRID_CLASSES else 0  # many classes: the first samples, one per class
   ev = evaluate.evaluate_images(workdir, nfes, num=_NUM.value or 2_000, seed=_SEED.value,
                                 params=_PARAMS.value, method=_METHOD.value, ema=_EMA.value,
                                 inception=_INCEPTION.value, ref=_REF.value, batch=_BATCH.value,
                                 progress=True, omegas=cli.floats("--omega", _OMEGA.value),
-                                **_guidance_intervals())
-  k, per = config.model.num_classes, config.sample.grid_per_class
+                                vae=_VAE.value, keep=(k or per) * per, **_guidance_intervals())
+  if jax.process_index():
+    return ev.rows, None
   # Keys are NFE, or (NFE, omega) in an omega sweep.
   title = lambda n: (f"{ev.rows[0]['method']}, {n[0]} NFE, omega {n[1]:g}"
                      + (f" on [{n[2]:g}, {n[3]:g}]" if len(n) == 4 else "")
@@ -116,6 +131,7 @@ def main(argv):
   if _BATCH.value < 1:
     raise ConfigError(f"--batch must be >= 1 (samples per sampler call); got {_BATCH.value}.")
   workdir = _WORKDIR.value
+  _DISTRIBUTED.join()  # before anything touches a device
   config = inference.load_config(workdir)
   if config.data.source == "mixture":
     rows, columns = _toy(workdir, nfes)
@@ -124,6 +140,8 @@ def main(argv):
                       "map or classifier to score it against.")
   else:
     rows, columns = _images(workdir, nfes, config)
+  if jax.process_index():  # process 0 writes
+    return
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(rows, f, indent=2)
   table = evaluate.markdown_table(rows, columns)

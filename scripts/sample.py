@@ -8,8 +8,13 @@
   python scripts/sample.py --workdir runs/digits_imf --nfe 1 --omega 4 --interval 0.4,0.65 \
       --num 100 --out runs/digits_imf/x.npy
 
+  python scripts/sample.py --workdir runs/in256_b2 --nfe 1 --num 64 --vae sd_vae_ft_mse.npz \
+      --out runs/in256_b2/x.npy
+
 Writes `--out` (float32 [M, D] points, or [M, H, W, C] images in [-1, 1]) and a PNG
-beside it: a scatter plot for 2-D points, a grid for images. Class-conditional
+beside it: a scatter plot for 2-D points, a grid for images. A run on VAE latents
+writes its latents (times data.latent_scale, as it trained on them), or with --vae
+(converted SD-VAE weights, scripts/convert_vae_weights.py) the decoded images. Class-conditional
 runs sample classes 0, 1, ..., K-1 in turn unless --class or --labels says otherwise.
 """
 import os
@@ -21,6 +26,7 @@ from absl import flags
 from meanflow_jax import cli, plotting
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError, DataError
+from meanflow_jax.models import vae as vae_lib
 from meanflow_jax.training import inference
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/).")
@@ -40,6 +46,9 @@ _OMEGA = flags.DEFINE_float("omega", None, "iMF, class-conditional: the guidance
                             "now (default: the run's sample.omega).")
 _INTERVAL = flags.DEFINE_list("interval", None, "iMF: the guidance interval t_min,t_max "
                               "(default: the run's sample.t_min, sample.t_max).")
+_VAE = flags.DEFINE_string("vae", None, "Runs on VAE latents: VAE weights (.npz) to decode the "
+                           "samples into images.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Samples per VAE decoder call.")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -99,6 +108,8 @@ def main(argv):
   if os.path.isdir(_OUT.value):
     raise ConfigError(f"--out {_OUT.value} is a directory; name a .npy file, e.g. "
                       f"{os.path.join(_OUT.value, 'samples.npy')}.")
+  if _BATCH.value < 1:
+    raise ConfigError(f"--batch must be >= 1; got {_BATCH.value}.")
   if not _OUT.value.endswith(".npy"):
     raise ConfigError(f"--out must name a .npy file; got {_OUT.value!r}.")
   if _NUM.value is not None and _NUM.value < 1:
@@ -111,6 +122,8 @@ def main(argv):
       raise DataError(f"{path}: no such file.")
   run = inference.load_run(_WORKDIR.value, params=_PARAMS.value)
   config, shape = run.config, run.data_shape
+  if _VAE.value and config.data.source != "latents":
+    raise ConfigError(f"--vae decodes latents; this run trained on {config.data.source!r}.")
   num = _NUM.value
   if _NOISE.value:
     eps = _load_noise(_NOISE.value, shape)
@@ -128,6 +141,11 @@ def main(argv):
                                    data_stats=run.data_stats)  # samples in data space
   x = np.asarray(sampler(eps, _NFE.value, y, omega=_OMEGA.value,
                          interval=cli.interval(_INTERVAL.value)))
+  latents = config.data.source == "latents"
+  if latents and _VAE.value:
+    params, vae_config = vae_lib.load_params(_VAE.value)
+    decode = vae_lib.make_decoder(params, vae_config, batch_size=_BATCH.value)
+    x = decode(x * (vae_config.scale / config.data.latent_scale), progress=True)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   np.save(_OUT.value, x)
   print(f"wrote {x.shape[0]} samples ({_NFE.value} NFE, {config.objective}) to {_OUT.value}")
@@ -140,6 +158,9 @@ def main(argv):
     log_prob = (points.config_mixture(config.data).log_prob
                 if config.data.source == "mixture" else None)
     plotting.scatter([(title, x[:config.sample.num_plot])], png, log_prob=log_prob)
+  elif latents and not _VAE.value:
+    print("pass --vae to decode the latents into images (and a picture of them)")
+    return
   elif len(shape) == 3:
     ncols = run.num_classes if (y is not None and _CLASS.value is None and not _LABELS.value) \
         else int(np.ceil(np.sqrt(x.shape[0])))

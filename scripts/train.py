@@ -19,17 +19,12 @@ from ml_collections import config_flags
 from configs import default
 from meanflow_jax import cli, training
 from meanflow_jax.errors import ConfigError
-from meanflow_jax.training import distributed, validate
+from meanflow_jax.training import validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
-                                   "host:port of process 0 in a multi-process run.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run (0: one).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
-_AUTO = flags.DEFINE_bool("distributed_auto", False,
-                          "Join a multi-process run found by JAX's cluster detection.")
+_DISTRIBUTED = cli.DistributedFlags()
 _ALLOW = flags.DEFINE_list("allow_resume_change", [],
                            "Config keys or sections a resume may change (e.g. seed,loss.p); "
                            "others that change what the run is are refused.")
@@ -55,8 +50,7 @@ def main(argv):
   validate.check_config(_CONFIG.value, defaults=default.get_config(), overrides=overrides)
   _check_workdir(_WORKDIR.value)
   # Before anything touches a device: afterwards JAX would see this process's devices only.
-  index, count = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value, auto=_AUTO.value)
+  index, count = _DISTRIBUTED.join()
   training.train(_CONFIG.value, _WORKDIR.value, allow_changes=tuple(_ALLOW.value))
   if index == 0:
     print(f"done: checkpoints, metrics.jsonl, tensorboard/ and config.json in {_WORKDIR.value}"

@@ -12,7 +12,7 @@ from meanflow_jax import analytic, evaluate, training
 from meanflow_jax.data import points
 from meanflow_jax.errors import CheckpointMismatchError
 from meanflow_jax.metrics import toy
-from meanflow_jax.training import checkpoint, inference, loop
+from meanflow_jax.training import actions, checkpoint, inference, loop
 from tests.test_training import tiny_config
 
 ROTATED = points.random_mixture(jax.random.key(0), dim=3, num_modes=4, scale=2.0,
@@ -160,7 +160,8 @@ def test_trained_run_round_trip(tmp_path):
   # The training-time previews are in data space too.
   model = training.build_model(config)
   mesh = loop.sharding.make_mesh(-1, 1)
-  preview, _ = loop._make_preview(config, model, source, mesh, loop.make_prior(config, source))
+  preview = actions.Preview(config, model, source, mesh, loop.make_prior(config, source), "",
+                            None).samples
   p = preview(run.params)
   assert np.all(np.abs(p.mean(0) - mean) < 0.25 * std)
 

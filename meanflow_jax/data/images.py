@@ -239,54 +239,91 @@ def load_array(path):
   return check_images(images, labels, num_classes, source=path)
 
 
-def load_folder(path):
-  """Images in class subfolders `path/<class>/*.png|jpg|jpeg`; sorted class names -> 0..K-1.
-
-  Grey images (mode L) give C = 1; all others are read as RGB (C = 3). A folder
-  mixing both is read as RGB throughout. All images must have one size.
-  """
-  from PIL import Image
-
+def list_folder(path):
+  """`(files [N], labels int [N], class names [K])` of the images in class subfolders
+  `path/<class>/*.png|jpg|jpeg` (any case): sorted class names -> 0..K-1, files sorted
+  within each; hidden folders (.git, .ipynb_checkpoints) are not classes."""
   if not path:
     raise DataError("source 'folder' needs a path to a directory of class subfolders.")
   if not os.path.isdir(path):
     raise DataError(f"{path}: no such directory.")
-  # Hidden folders (.ipynb_checkpoints, .git) are not classes.
   classes = sorted(d for d in os.listdir(path)
                    if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
   if not classes:
     raise DataError(f"{path}: no class subfolders; put the images in {path}/<class>/ "
                     f"(one subfolder, e.g. {path}/all/, for unlabeled data).")
-  images, labels, first = [], [], None
+  files, labels = [], []
   for label, name in enumerate(classes):
     folder = os.path.join(path, name)
-    files = sorted(os.listdir(folder))
-    picked = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    names = sorted(os.listdir(folder))
+    picked = [f for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not picked:
-      others = [f for f in files if not f.startswith(".")]
+      others = [f for f in names if not f.startswith(".")]
       hint = f" (found {len(others)} other files, e.g. {others[0]!r})" if others else ""
       raise DataError(f"{folder}: no images ({'/'.join(IMAGE_EXTENSIONS)}){hint}; every class "
                       "subfolder needs at least one.")
-    for f in picked:
-      file = os.path.join(folder, f)
-      try:
-        with Image.open(file) as im:
-          im = im.convert("L" if im.mode in _GREY_MODES else "RGB")
-          pixels = np.asarray(im)
-      except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{file}: unreadable image ({e}).") from e
-      if first is None:
-        first = (file, pixels.shape[:2])
-      elif pixels.shape[:2] != first[1]:
-        (h0, w0), (h1, w1) = first[1], pixels.shape[:2]
-        raise DataError(f"{path}: mixed image sizes: {first[0]} is {w0}x{h0}, {file} is "
-                        f"{w1}x{h1} (width x height); resize them all to one size first.")
-      images.append(pixels)
-      labels.append(label)
+    files += [os.path.join(folder, f) for f in picked]
+    labels += [label] * len(picked)
+  return files, np.array(labels, np.int32), classes
+
+
+def _open(file, mode=None):
+  """The PIL image of `file` converted to `mode` (default: "L" for grey images, else
+  "RGB"), read whole; DataError for an unreadable file."""
+  from PIL import Image
+
+  try:
+    with Image.open(file) as im:
+      return im.convert(mode or ("L" if im.mode in _GREY_MODES else "RGB"))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise DataError(f"{file}: unreadable image ({e}).") from e
+
+
+def center_crop(image, size):
+  """uint8 `[size, size, 3]`: the PIL `image` resized so its shorter side is `size`, and
+  its centre cut out, as ADM, DiT and the MeanFlow papers prepare ImageNet: halve with a
+  box filter while the shorter side is at least twice `size` (cheap and alias-free),
+  then one bicubic resize to the exact size."""
+  from PIL import Image
+
+  while min(image.size) >= 2 * size:
+    image = image.resize(tuple(n // 2 for n in image.size), resample=Image.BOX)
+  scale = size / min(image.size)
+  image = image.resize(tuple(round(n * scale) for n in image.size), resample=Image.BICUBIC)
+  a = np.asarray(image)
+  top, left = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+  return a[top:top + size, left:left + size]
+
+
+def read_center_crops(files, size):
+  """float32 `[len(files), size, size, 3]` in [-1, 1]: each file read as RGB and
+  `center_crop`ped."""
+  return np.stack([center_crop(_open(f, "RGB"), size) for f in files]).astype(
+      np.float32) / 127.5 - 1.0
+
+
+def load_folder(path):
+  """Images in class subfolders `path/<class>/*.png|jpg|jpeg`; sorted class names -> 0..K-1.
+
+  Grey images (mode L) give C = 1; all others are read as RGB (C = 3). A folder
+  mixing both is read as RGB throughout. All images must have one size (for a
+  folder of photos of any size, see `center_crop` and scripts/encode_latents.py).
+  """
+  files, labels, classes = list_folder(path)
+  images, first = [], None
+  for file in files:
+    pixels = np.asarray(_open(file))
+    if first is None:
+      first = (file, pixels.shape[:2])
+    elif pixels.shape[:2] != first[1]:
+      (h0, w0), (h1, w1) = first[1], pixels.shape[:2]
+      raise DataError(f"{path}: mixed image sizes: {first[0]} is {w0}x{h0}, {file} is "
+                      f"{w1}x{h1} (width x height); resize them all to one size first.")
+    images.append(pixels)
   if any(p.ndim == 3 for p in images):
     images = [np.repeat(p[..., None], 3, axis=-1) if p.ndim == 2 else p for p in images]
   images = _pixels_to_unit(np.stack(images), path)
-  return check_images(images, np.array(labels), len(classes), source=path)
+  return check_images(images, labels, len(classes), source=path)
 
 
 def load_cifar10(data_dir=""):

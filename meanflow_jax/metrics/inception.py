@@ -416,12 +416,14 @@ def _features(params, images):
   return InceptionV3().apply(params, preprocess(images))
 
 
-def make_feature_fn(params, batch_size=100):
+def make_feature_fn(params, batch_size=100, devices=None):
   """A function images `[N, H, W, C]` -> pool3 features `[N, 2048]` float32 numpy.
 
   Images are float in [-1, 1] or uint8, C = 1 or 3, any N. They go through the
   network in batches of exactly `batch_size` (the last one padded with zeros and
-  its padding dropped), so there is one compilation per image shape and dtype.
+  its padding dropped), so there is one compilation per image shape and dtype. Each
+  batch is split over `devices` (default: this process's devices; the batch is
+  rounded up to a multiple of their number), the weights replicated on them.
 
   Args:
     params: variables from `load_params` or `init_random_params`.
@@ -431,6 +433,12 @@ def make_feature_fn(params, batch_size=100):
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+  devices = list(devices or jax.local_devices())
+  batch_size += (-batch_size) % len(devices)
+  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh,
+                                                             jax.sharding.PartitionSpec()))
 
   def features(images, progress=False):
     images = np.asarray(images)
@@ -450,7 +458,7 @@ def make_feature_fn(params, batch_size=100):
       k = x.shape[0]
       if k < batch_size:
         x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
-      result = (i, k, _features(params, x))
+      result = (i, k, _features(params, jax.device_put(x, rows)))
       # Fetch the previous batch only after dispatching this one, so the host copy
       # overlaps the device's work.
       if pending is not None:

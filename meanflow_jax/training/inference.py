@@ -147,6 +147,13 @@ def check_guidance(config, omega, interval):
   return omega, (t_min, t_max)
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_draw(objective, model, method):
+  """`draw` jitted for one objective, model and method, shared by every sampler of them
+  (a run scored as it trains compiles its sampler once, not at every evaluation)."""
+  return jax.jit(functools.partial(draw, objective, model, method), static_argnums=2)
+
+
 def make_sampler(config, model, params, method=None, devices=None, data_stats=None):
   """`sample(eps [B, ...], nfe, y=None) -> [B, ...]` for the run's objective, jitted per nfe.
 
@@ -179,7 +186,7 @@ def make_sampler(config, model, params, method=None, devices=None, data_stats=No
   rows = sharding.batch_sharding(mesh)
   params = jax.device_put(params, sharding.replicated(mesh))
 
-  _sample = jax.jit(functools.partial(draw, config.objective, model, method), static_argnums=2)
+  _sample = _jitted_draw(config.objective, model, method)
 
   def split(a, b):
     """`a` padded to a multiple of the devices along its first axis, and split over them."""

@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from meanflow_jax import objectives, plotting, priors
+from meanflow_jax import priors
 from meanflow_jax.data import points
 from meanflow_jax.errors import (CheckpointMismatchError, ConfigError, Interrupted,
                                  MeanFlowError, NonFiniteError, WorkdirLockedError,
                                  WorkdirWriteError)
 from meanflow_jax.training import checkpoint as ckpt_lib
-from meanflow_jax.training import distributed, inference, prefetch, sharding, validate
+from meanflow_jax.training import (actions, distributed, inference, prefetch, sharding,
+                                   validate)
 from meanflow_jax.training import lock as lock_lib
 from meanflow_jax.training import train_state as ts
 # Re-exported: the loop's builders were defined here before builders.py.
@@ -26,7 +27,7 @@ from meanflow_jax.training.builders import (VECTOR_SOURCES, abstract_state,  # n
                                             data_stats, init_fn, jit_step, make_prior,
                                             make_source, plan_shardings, run_keys,
                                             step_function)
-from meanflow_jax.training.summary import SummaryWriter
+from meanflow_jax.training.summary import SummaryWriter, WandbWriter, Writers
 from meanflow_jax.training.validate import check_config
 
 
@@ -145,63 +146,6 @@ class _Profile:
     if self.running:
       self.running = False
       jax.profiler.stop_trace()
-
-
-PREVIEW_STREAM = 2 ** 31 - 1  # fold_in index of the preview noise: no other use of the seed has it
-
-
-def _preview_inputs(config, source, prior):
-  """(noise [M, ...], labels [M] or None) of the sample grids written during training:
-  the same noise at every interval, so the grids show one model changing."""
-  k = source.num_classes if config.model.num_classes else 0
-  per_class = config.sample.grid_per_class
-  m = k * per_class if k else (config.sample.num_plot if len(source.shape) == 1 else 64)
-  key = jax.random.fold_in(jax.random.key(config.seed), PREVIEW_STREAM)
-  y = jnp.repeat(jnp.arange(k, dtype=jnp.int32), per_class) if k else None
-  return prior.sample(key, m, source.shape, y), y
-
-
-def _make_preview(config, model, source, mesh, prior):
-  """`preview(params) -> samples [M, ...]` (numpy, on every process, in data space) at
-  train.sample_nfe."""
-  objective = objectives.get(config.objective)
-  nfe = config.train.sample_nfe or objective.default_nfe
-  eps, y = _preview_inputs(config, source, prior)
-  method = config.sample.method
-  evaluations = objective.preview_nfe(nfe, method)  # e.g. Heun: at least one whole step
-  guidance = inference.check_guidance(config, None, None)  # iMF: the config's sample.omega
-  if guidance is not None:
-    full = lambda v: jnp.full((eps.shape[0],), v, jnp.float32)
-    omega, (t_min, t_max) = guidance
-    guidance = {"omega": full(omega), "t_min": full(t_min), "t_max": full(t_max)}
-  # Replicated output: every process holds the samples; process 0 draws them.
-  jitted = jax.jit(lambda params: inference.draw(config.objective, model, method, params, eps,
-                                                 evaluations, y, guidance),
-                   out_shardings=sharding.replicated(mesh))
-  stats = data_stats(source)
-  to_data = (lambda x: x) if stats is None else stats.invert
-  return lambda params: to_data(np.asarray(jitted(params))), nfe
-
-
-def _write_preview(samples, config, source, step, nfe, workdir, writer):
-  """samples/step_XXXXXXX.png (image grid, one row per class; or a scatter plot) and,
-  for images, the grid in TensorBoard."""
-  folder = os.path.join(workdir, "samples")
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f"step_{step:07d}.png")
-  title = f"step {step}, {nfe} NFE"
-  if (samples.ndim == 2 and samples.shape[1] != 2) or (samples.ndim == 4
-                                                         and samples.shape[-1] not in (1, 3)):
-    return None  # no picture of points in more than 2-D, nor of latents without their decoder
-  if samples.ndim == 2:
-    plotting.scatter([(title, samples)], path)
-  else:
-    k = source.num_classes if config.model.num_classes else 0
-    ncols = config.sample.grid_per_class if k else 8
-    plotting.image_grids([(title, samples)], path, ncols=ncols,
-                         row_labels=list(range(k)) if k else None)
-    writer.image(step, "samples", plotting.mosaic(samples, ncols))
-  return path
 
 
 def _init_from(config, state, state_sh, meta):
@@ -334,6 +278,10 @@ def _train(config, workdir, allow_changes, cleanup):
   prior = make_prior(config, source)
   tx = ts.make_optimizer(config.optimizer, config.train.steps)
   key_init, key_steps, _ = run_keys(config.seed)
+  # Built before the workdir is touched, so that its settings fail first.
+  evaluation = (actions.Evaluate(config, model, source, prior, workdir,
+                                 os.path.join(workdir, "metrics.jsonl"))
+                if config.train.eval_every else None)
   batch_size = config.train.batch_size
   meta = {"data_shape": list(source.shape), "num_classes": source.num_classes,
           "batch_size": batch_size,
@@ -395,13 +343,21 @@ def _train(config, workdir, allow_changes, cleanup):
       priors.save_stats(os.path.join(workdir, priors.STATS_FILE), prior.stats)
     _truncate_metrics(metrics_path, start)
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=main)
+  if config.logging.wandb:
+    writer = Writers(writer, WandbWriter(workdir, config.logging.wandb_project,
+                                         config.logging.wandb_name or os.path.basename(
+                                             os.path.abspath(workdir)), config_dict,
+                                         enabled=main))
 
   # Compiled once, ahead of time, for the mesh; the loop calls the executable directly.
   compiled = jit_step(config, model, tx, prior, mesh, state_sh, batch_sh).lower(
       state, load(start), key_steps).compile()
-  sample_every = config.train.sample_every
-  preview, preview_nfe = (_make_preview(config, model, source, mesh, prior) if sample_every
-                          else (None, 0))
+  periodic = ([actions.Preview(config, model, source, mesh, prior, workdir, writer)]
+              if config.train.sample_every else [])
+  if evaluation is not None:
+    evaluation.attach(writer, lambda c, step, st: _save(
+        c, step, st, config_dict, dict(meta, data_position=step * batch_size), replicated))
+    periodic.append(evaluation)
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
@@ -456,10 +412,11 @@ def _train(config, workdir, allow_changes, cleanup):
       if save:
         _save(ckpt, done, state, config_dict, dict(meta, data_position=done * batch_size),
               replicated)
-      if preview is not None and done % sample_every == 0:
-        samples = preview(state.ema_params[0] if config.sample.params == "ema" else state.params)
-        if main:
-          _write_preview(samples, config, source, done, preview_nfe, workdir, writer)
+      busy = time.time()
+      for action in periodic:
+        if action.due(done):
+          action.run(done, state)
+      t_last += time.time() - busy  # steps/s counts the steps, not the previews or evaluations
       if log or save:
         writer.flush()
       if stopping:
@@ -471,7 +428,7 @@ def _train(config, workdir, allow_changes, cleanup):
   finally:
     bar.close()
     signal.signal(signal.SIGTERM, previous)
-    for close in (writer.close, ckpt.wait, ckpt.close):
+    for close in [a.close for a in periodic] + [writer.close, ckpt.wait, ckpt.close]:
       if finished:
         close()
       else:  # a failing run (a full disk) may fail here too: its first error is the one to say

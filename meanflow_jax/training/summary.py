@@ -147,6 +147,80 @@ class SummaryWriter:
     self.close()
 
 
+class WandbWriter:
+  """The `SummaryWriter` calls (scalars, image, flush, close) sent to a Weights & Biases
+  run instead of an event file; `enabled=False` does nothing (processes other than 0).
+
+  wandb is imported only here (`pip install '.[wandb]'`); WANDB_MODE=offline keeps the
+  run on disk (under `directory`/wandb) for a later `wandb sync`.
+  """
+
+  def __init__(self, directory, project, name, config, enabled=True):
+    self._run = None
+    if not enabled:
+      return
+    try:
+      import wandb
+    except ImportError:
+      from meanflow_jax.errors import ConfigError
+      raise ConfigError("logging.wandb = True needs the wandb package: pip install "
+                        "'.[wandb]' (or set logging.wandb = False).") from None
+    os.makedirs(directory, exist_ok=True)
+    # resume="allow" with the workdir's own id: a resumed run continues the same wandb run.
+    self._run = wandb.init(project=project, name=name, dir=directory, config=config,
+                           id=_wandb_id(directory), resume="allow")
+
+  def scalars(self, step, values):
+    if self._run is not None:
+      self._run.log({tag: _to_float(tag, v) for tag, v in values.items()}, step=int(step))
+
+  def image(self, step, tag, array):
+    if self._run is not None:
+      import wandb
+      self._run.log({tag: wandb.Image(to_image_uint8(array))}, step=int(step))
+
+  def flush(self):
+    pass  # wandb writes on its own schedule; finish() at close writes the rest
+
+  def close(self):
+    if self._run is not None:
+      self._run.finish()
+      self._run = None
+
+
+def _wandb_id(directory):
+  """A wandb run id kept in `directory`/wandb_id, made once per workdir."""
+  path = os.path.join(directory, "wandb_id")
+  if not os.path.exists(path):
+    with open(path, "w") as f:
+      f.write(os.urandom(6).hex())
+  with open(path) as f:
+    return f.read().strip()
+
+
+class Writers:
+  """Several writers (TensorBoard, wandb) called as one."""
+
+  def __init__(self, *writers):
+    self.writers = writers
+
+  def scalars(self, step, values):
+    for w in self.writers:
+      w.scalars(step, values)
+
+  def image(self, step, tag, array):
+    for w in self.writers:
+      w.image(step, tag, array)
+
+  def flush(self):
+    for w in self.writers:
+      w.flush()
+
+  def close(self):
+    for w in self.writers:
+      w.close()
+
+
 def read_records(path):
   """The payloads of the TFRecords in the file at `path`, in order.
 

@@ -101,6 +101,7 @@ RANGES = (
     Range(("optimizer.weight_decay", "optimizer.grad_clip", "optimizer.warmup_steps",
            "loss.p", "data.mixture_separation", "prior.noise_std", "guidance.kappa",
            "train.sample_every", "train.sample_nfe", "model.num_classes", "train.prefetch",
+           "train.eval_every",
            "model.imf_dit.head_depth"),
           _at_least(0), "finite and >= 0 (0: off)"),
     Range(("train.steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
@@ -113,6 +114,8 @@ RANGES = (
            "model.unet.num_res_blocks"), _at_least(1), "positive (>= 1)"),
     Range(("model.unet.dropout", "guidance.label_dropout"), _within(0.0, 1.0), "in [0, 1)"),
     Range(("model.unet.channel_mult",), _sizes, "a non-empty list of integers >= 1"),
+    Range(("train.eval_nfe",), _sizes, "a non-empty list of NFE values >= 1"),
+    Range(("train.eval_num",), _at_least(2), ">= 2 (a covariance needs two samples)"),
     Range(("model.unet.attn_resolutions",),
           lambda v: isinstance(v, tuple) and (v == () or _sizes(v)),
           "a list of image sizes >= 1 (empty: no attention)"),
@@ -256,6 +259,21 @@ READ_WHEN = (
     ReadWhen(("train.sample_nfe",), ("train.sample_every",), lambda c: c.train.sample_every > 0,
              "train.sample_every > 0 (sample grids during training)",
              "set train.sample_every, or leave train.sample_nfe at 0"),
+    ReadWhen(("train.eval_num", "train.eval_nfe", "train.eval_keep_best",
+              "train.eval_inception"), ("train.eval_every",), lambda c: c.train.eval_every > 0,
+             "train.eval_every > 0 (evaluations during training)",
+             "set train.eval_every, or leave the train.eval_* keys at their defaults"),
+    ReadWhen(("train.eval_ref",), ("train.eval_every", "train.eval_inception"),
+             lambda c: c.train.eval_every > 0 and bool(c.train.eval_inception),
+             "train.eval_inception is set (FID during training)",
+             "set train.eval_inception, or leave train.eval_ref empty"),
+    ReadWhen(("train.eval_vae",), ("train.eval_every", "data.source"),
+             lambda c: c.train.eval_every > 0 and c.data.source == "latents",
+             "a latents run evaluates during training",
+             "leave train.eval_vae empty"),
+    ReadWhen(("logging.wandb_project", "logging.wandb_name"), ("logging.wandb",),
+             lambda c: c.logging.wandb, "logging.wandb = True",
+             "set --config.logging.wandb=True, or leave the logging.wandb_* keys"),
     ReadWhen(("sample.method",), ("objective",), lambda c: _objective_reads(c, "sample.method"),
              "objective = 'flow_matching' (MeanFlow samples by its own jumps)",
              "leave sample.method at its default"),
@@ -365,6 +383,14 @@ def check_config(c, defaults=None, overrides=None):
   if c.train.profile_steps and c.train.profile_steps[0] >= c.train.steps:
     raise ConfigError(f"train.profile_steps {tuple(c.train.profile_steps)} starts at or after "
                       f"the last step ({c.train.steps}): no step would be traced.")
+  if c.train.eval_every and c.data.source in ("points", "pairs"):
+    raise ConfigError(f"train.eval_every: a run on data.source = {c.data.source!r} has no metric "
+                      "to evaluate during training (exact metrics need a built-in mixture, "
+                      "image metrics images); set train.eval_every = 0.")
+  if c.train.eval_every and c.data.source == "latents" and not (
+      c.train.eval_inception and c.train.eval_vae):
+    raise ConfigError("train.eval_every on latents: set train.eval_inception (FID Inception "
+                      "weights) and train.eval_vae (the VAE that decodes the samples).")
   if not c.train.ema_decays or not all(0.0 <= d < 1.0 for d in c.train.ema_decays):
     raise ConfigError(f"train.ema_decays must be a non-empty list of decays in [0, 1); got "
                       f"{c.train.ema_decays!r}.")

@@ -1,0 +1,145 @@
+"""Evaluation as it trains (train.eval_every), running Frechet statistics, the wandb writer."""
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from meanflow_jax import evaluate, training
+from meanflow_jax.errors import ConfigError
+from meanflow_jax.metrics import frechet
+from meanflow_jax.training import inference, validate
+from configs import default
+from tests.test_training import override, tiny_config
+
+
+@pytest.mark.parametrize("splits", [[500], [1, 499], [7, 93, 400], [250, 0, 250]])
+def test_running_stats_equal_the_stats_of_all_features_for_any_split(splits):
+  rng = np.random.default_rng(0)
+  # A mean far from zero and unequal scales: what naive sums of squares get wrong.
+  f = rng.normal(size=(500, 6)) * np.array([1e-3, 1, 3, 10, 0.1, 2]) + 1e3
+  stats = frechet.RunningStats(6)
+  edges = np.cumsum([0] + splits)
+  for a, b in zip(edges[:-1], edges[1:]):
+    stats.update(f[a:b])
+  mu, sigma = stats.gaussian()
+  mu_ref, sigma_ref = frechet.gaussian_stats(f)
+  scale = np.sqrt(np.outer(np.diag(sigma_ref), np.diag(sigma_ref)))  # errors relative to
+  np.testing.assert_allclose(mu, mu_ref, rtol=1e-14)                 # each entry's scale
+  np.testing.assert_allclose(sigma / scale, sigma_ref / scale, rtol=0, atol=1e-9)
+  # Merged in another grouping (as processes are): the same.
+  left, right = frechet.RunningStats.of(f[:123]), frechet.RunningStats.of(f[123:])
+  merged = frechet.RunningStats(6).merge(left).merge(right)
+  np.testing.assert_allclose(merged.gaussian()[1] / scale, sigma_ref / scale, rtol=0, atol=1e-9)
+  assert merged.count == 500
+
+
+def test_running_stats_refuse_non_finite_features_and_too_few():
+  with pytest.raises(ValueError, match="NaN or inf"):
+    frechet.RunningStats.of(np.array([[0.0, np.nan]]))
+  with pytest.raises(ValueError, match="at least 2"):
+    frechet.RunningStats.of(np.ones((1, 3))).gaussian()
+
+
+def _eval_config(**extra):
+  return tiny_config(**{"train.eval_every": 20, "train.eval_num": 300, "train.eval_nfe": (1, 2),
+                        "train.eval_keep_best": True, **extra})
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("evaluated"))
+  training.train(_eval_config(), workdir)
+  return workdir
+
+
+def _eval_rows(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [r for r in rows if any(k.startswith("eval/") for k in r)]
+
+
+def test_evaluations_are_logged_at_every_interval_and_equal_evaluate_toy(evaluated_run):
+  rows = _eval_rows(evaluated_run)
+  assert [r["step"] for r in rows] == [20, 40]
+  assert {"eval/sliced_w2_nfe1", "eval/transport_rms_nfe2", "eval/mode_tv_nfe1"} <= set(rows[-1])
+  # The last evaluation is of the final state: evaluate_toy on the checkpoint, with the
+  # run's seed and eval_num, gives the same figures.
+  ev = evaluate.evaluate_toy(evaluated_run, [1, 2], num=300, seed=0)
+  for r in ev.rows:
+    for m in ("sliced_w2", "transport_rms", "low_density_frac", "mode_tv"):
+      assert rows[-1][f"eval/{m}_nfe{r['nfe']}"] == pytest.approx(r[m], rel=1e-5, abs=1e-7)
+  # Training rows keep their own steps/s (the evaluation time is not counted in them).
+  train_rows = [json.loads(l) for l in open(os.path.join(evaluated_run, "metrics.jsonl"))
+                if "steps_per_s" in l]
+  assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
+  assert evaluate.training_seconds(evaluated_run) > 0
+
+
+def test_keep_best_saves_the_state_with_the_lowest_metric(evaluated_run):
+  rows = _eval_rows(evaluated_run)
+  best = json.load(open(os.path.join(evaluated_run, "best", "best.json")))
+  values = {r["step"]: r["eval/sliced_w2_nfe1"] for r in rows}
+  assert best["metric"] == "sliced_w2" and best["nfe"] == 1
+  assert best["step"] == min(values, key=values.get)
+  assert best["value"] == pytest.approx(values[best["step"]])
+  # workdir/best is a run directory: it samples, and holds the state of that step (the run
+  # checkpoints every 20 steps, so the same step is in checkpoints/ too).
+  run_best = inference.load_run(os.path.join(evaluated_run, "best"))
+  run_same = inference.load_run(evaluated_run, step=best["step"])
+  for a, b in zip(jax.tree.leaves(run_best.params), jax.tree.leaves(run_same.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("keys, needle", [
+    ({"train.eval_num": 50}, "train.eval_every > 0"),
+    ({"train.eval_keep_best": True}, "train.eval_every > 0"),
+    ({"train.eval_every": 10, "train.eval_ref": "x.npz"}, "train.eval_inception is set"),
+    ({"train.eval_every": 10, "train.eval_vae": "v.npz"}, "latents run"),
+    ({"train.eval_every": 10, "train.eval_num": 1}, "train.eval_num must be >= 2"),
+    ({"train.eval_every": 10, "train.eval_nfe": ()}, "train.eval_nfe must be"),
+    ({"train.eval_every": -1}, "train.eval_every must be"),
+    ({"logging.wandb_project": "p"}, "logging.wandb = True"),
+])
+def test_eval_and_logging_keys_that_would_do_nothing_are_refused(keys, needle):
+  with pytest.raises(ConfigError, match=needle):
+    validate.check_config(override(tiny_config(), keys), defaults=default.get_config())
+
+
+def test_eval_during_training_on_points_or_latents_without_fid_is_refused(tmp_path):
+  c = tiny_config(**{"data.source": "points", "data.path": str(tmp_path / "p.npy"),
+                     "train.eval_every": 10})
+  with pytest.raises(ConfigError, match="no metric to evaluate"):
+    validate.check_config(c)
+  c = tiny_config(**{"data.source": "latents", "data.path": str(tmp_path / "l.npy"),
+                     "train.eval_every": 10})
+  with pytest.raises(ConfigError, match="train.eval_inception"):
+    validate.check_config(c)
+
+
+def test_missing_fid_weights_fail_before_the_workdir_is_touched(tmp_path):
+  c = tiny_config(**{"data.source": "digits", "model.name": "mlp", "train.eval_every": 10,
+                     "train.eval_inception": str(tmp_path / "none.npz")})
+  with pytest.raises(FileNotFoundError, match="none.npz"):
+    training.train(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_wandb_writer_logs_the_training_scalars_offline(tmp_path, monkeypatch):
+  pytest.importorskip("wandb")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  workdir = tmp_path / "run"
+  training.train(tiny_config(**{"logging.wandb": True, "train.steps": 20}), str(workdir))
+  (run_file,) = glob.glob(str(workdir / "wandb" / "offline-run-*" / "run-*.wandb"))
+  data = open(run_file, "rb").read()
+  rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [10, 20]
+  # wandb's log file holds every scalar as its JSON text beside its key.
+  for r in rows:
+    assert json.dumps(r["loss"]).encode() in data
+  assert b"train/loss" in data and b"train/grad_norm" in data
+  # A resumed run continues the same wandb run (one id per workdir).
+  run_id = open(workdir / "wandb_id").read().strip()
+  assert run_id in os.path.basename(run_file)
