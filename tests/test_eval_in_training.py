@@ -143,3 +143,56 @@ def test_wandb_writer_logs_the_training_scalars_offline(tmp_path, monkeypatch):
   # A resumed run continues the same wandb run (one id per workdir).
   run_id = open(workdir / "wandb_id").read().strip()
   assert run_id in os.path.basename(run_file)
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("classifier_cache"))  # the classifier is trained once
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  from configs import digits
+  workdir = str(tmp_path_factory.mktemp("digits"))
+  c = override(digits.get_config(), {
+      "model.dit.hidden_size": 32, "model.dit.depth": 1, "model.dit.num_heads": 2,
+      "model.dit.patch_size": 4, "train.batch_size": 16, "train.steps": 4,
+      "train.log_every": 2, "train.checkpoint_every": 4, "train.sample_every": 0,
+      "optimizer.warmup_steps": 0})
+  training.train(c, workdir)
+  return workdir
+
+
+def test_image_evaluation_memory_does_not_grow_with_the_number_of_samples(digits_run,
+                                                                          classifier_cache):
+  """Only running sums and one batch are held: peak host memory (numpy allocations, traced)
+  for 16,000 samples is that of 2,000, where holding them all would add 16,000 x (64 pixels
+  + 128 features) x 4 bytes = 12 MB."""
+  import tracemalloc
+  kw = dict(batch=500, keep=0, cache_dir=classifier_cache)
+  evaluate.evaluate_images(digits_run, [1], num=2_000, **kw)  # compiles, trains the classifier
+  peaks = {}
+  for num in (2_000, 16_000):
+    tracemalloc.start()
+    rows = evaluate.evaluate_images(digits_run, [1], num=num, **kw).rows
+    peaks[num] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.isfinite(rows[0]["clf_fd"])
+  assert peaks[16_000] - peaks[2_000] < 2e6, peaks
+
+
+def test_image_metrics_do_not_depend_on_the_batch_size(digits_run, classifier_cache):
+  cache = classifier_cache
+  a = evaluate.evaluate_images(digits_run, [1], num=300, batch=300, cache_dir=cache)
+  b = evaluate.evaluate_images(digits_run, [1], num=300, batch=64, cache_dir=cache)
+  for m in ("clf_fd", "agreement", "class_tv"):
+    assert a.rows[0][m] == pytest.approx(b.rows[0][m], rel=1e-6, abs=1e-9)
+  np.testing.assert_allclose(a.samples[1], b.samples[1], atol=1e-6)
+
+
+def test_evaluations_reach_tensorboard(evaluated_run):
+  from meanflow_jax.training import summary
+  scalars = summary.read_scalars(os.path.join(evaluated_run, "tensorboard"))
+  rows = _eval_rows(evaluated_run)
+  (step, value), = [(s, v) for s, v in scalars["eval/sliced_w2_nfe1"] if s == 40]
+  assert value == pytest.approx(rows[-1]["eval/sliced_w2_nfe1"], rel=1e-6)

@@ -182,9 +182,18 @@ def test_cli_latents_pipeline_fid_identical_for_one_and_two_processes(pipeline, 
                  "--config.train.sample_every=0", "--config.optimizer.warmup_steps=0")):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=xla.env())
     assert proc.returncode == 0, proc.stderr[-2000:]
+  # Reference statistics of the same images, centre-cropped and streamed.
+  ref = str(tmp_path / "ref.npz")
+  proc = subprocess.run(py("fid_stats.py", "--source", "folder", "--path", pipeline["folder"],
+                           "--size", "64", "--batch", "8", "--inception", pipeline["inception"],
+                           "--out", ref), cwd=ROOT, capture_output=True, text=True,
+                        env=xla.env())
+  assert proc.returncode == 0 and "16 centre crops" in proc.stdout, proc.stderr[-2000:]
+  mu, sigma = inception.load_stats(ref)
+  assert mu.shape == (2048,) and np.all(np.isfinite(sigma))
   evaluate_args = ["--workdir", str(tmp_path / "run"), "--nfe", "1", "--num", "12",
                    "--batch", "4", "--vae", pipeline["vae"], "--inception",
-                   pipeline["inception"]]
+                   pipeline["inception"], "--ref", ref]
   one = subprocess.run(py("evaluate.py", *evaluate_args), cwd=ROOT, capture_output=True,
                        text=True, env=xla.env(2))
   assert one.returncode == 0, one.stderr[-2000:]
@@ -200,11 +209,11 @@ def test_cli_latents_pipeline_fid_identical_for_one_and_two_processes(pipeline, 
     _, err = p.communicate(timeout=3600)
     assert p.returncode == 0, err[-2000:]
   rows_two = json.load(open(tmp_path / "run" / "eval.json"))
+  # The same samples on 2 devices of one process or 1 device of each of 2 processes: XLA's
+  # CPU convolutions round a little differently by batch shape, and 12 samples in 2048-d
+  # make the Frechet distance sensitive to that.
+  assert len(rows_one) == len(rows_two) == 1
   assert rows_one[0]["fid"] == pytest.approx(rows_two[0]["fid"], rel=1e-4)
-  # The real data's floor: the same images on 2 devices or 1 per process (XLA's CPU
-  # convolutions round a little differently by batch shape; 16 images in 2048-d make
-  # the Frechet distance sensitive to that).
-  assert rows_one[-1]["fid"] == pytest.approx(rows_two[-1]["fid"], rel=1e-4)
   assert os.path.exists(tmp_path / "run" / "eval.png")
   # sample.py decodes a latents run's samples with --vae, and writes latents without.
   x_path = str(tmp_path / "x.npy")

@@ -19,8 +19,13 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+import jax
+from flax import traverse_util
+
 from configs import default
 from meanflow_jax.errors import DataError
+from meanflow_jax.metrics import inception
+from meanflow_jax.models import vae as vae_lib
 from meanflow_jax.training import loop, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +66,8 @@ SKIPPED = {
                                      "Inception weights",
     "--workdir runs/cifar10 --nfe": "evaluates a CIFAR-10 run, which cannot be trained here "
                                     "(no tensorflow-datasets), with the Inception weights",
+    "convert_vae_weights.py": "needs the published SD-VAE weights (and torch); the ImageNet "
+                              "recipe below runs on random ones",
 }
 # README commands expected to stop with one line of error here, with a needle of it.
 EXPECTED_ERRORS = {"configs/cifar10.py": "tensorflow-datasets"}
@@ -96,6 +103,8 @@ def tiny_args(argv):
     extra = _model_args(argv) + SHORT
     if "--config.prior.name=lowfreq" in argv:
       extra.append("--config.prior.fit_examples=64")
+    if _flag(argv, "config.train.eval_every"):
+      extra.append("--config.train.eval_num=8")
     if _flag(argv, "config.train.profile_steps"):
       # Long enough for the README's traced steps (a second tuple flag would be appended
       # to the first by ml_collections, not replace it).
@@ -104,7 +113,9 @@ def tiny_args(argv):
   return {
       "sample.py": [],
       "compare_samples.py": [],
-      "evaluate.py": ["--num", "200"],
+      "evaluate.py": ["--num", "8", "--batch", "4"] if _flag(argv, "vae") else ["--num", "200"],
+      "encode_latents.py": ["--size", "64", "--batch", "4"],
+      "fid_stats.py": ["--size", "64", "--batch", "8"],
       "make_pairs.py": ["--num", "256", "--nfe", "4"],
       "bench_nfe.py": _model_args(argv) + SHORT + ["--num", "200", "--mf_nfe", "1",
                                                     "--fm_nfe", "1,2"] + (
@@ -148,10 +159,27 @@ def test_the_readme_has_the_commands_this_test_knows():
 POINTS_DIM = 3  # not the built-in mixture's 2: the shape shows which data a run reads
 
 
-def write_inputs(where):
+def write_inputs(where, latents=False):
   """The files README commands name, tiny: points.npy, eps.npy, labels.npy, latents.npz,
-  my_images/ (12x12, not the digits' 8x8) and runs/pairs.npz; `{data.path: data shape}`."""
+  my_images/ (12x12, not the digits' 8x8), runs/pairs.npz, and for the ImageNet recipe
+  imagenet/train/ (JPEGs of any size), random SD-VAE (4 levels, narrow) and Inception
+  weights, and with `latents` the latents its encoding writes; `{data.path: data shape}`."""
   rng = np.random.default_rng(0)
+  for k in range(2):
+    os.makedirs(where / "imagenet" / "train" / f"n0{k}", exist_ok=True)
+    for i in range(4):
+      size = (80 + 16 * i, 64 + 8 * k)
+      Image.fromarray(rng.integers(0, 256, size[::-1] + (3,), dtype=np.uint8)).save(
+          where / "imagenet" / "train" / f"n0{k}" / f"{i}.JPEG")
+  vae_config = vae_lib.VAEConfig(channels=(16, 16, 32, 32), groups=8)
+  vae_lib.save_params(str(where / "sd_vae_ft_mse.npz"),
+                      vae_lib.init_random_params(jax.random.key(0), vae_config), vae_config)
+  flat = traverse_util.flatten_dict(inception.init_random_params(jax.random.key(1))["params"],
+                                    sep="/")
+  np.savez(where / "inception_fid.npz", **{k: np.asarray(v) for k, v in flat.items()})
+  if latents:
+    np.save(where / "imagenet256_latents.npy", rng.normal(size=(8, 8, 8, 4)).astype(np.float32))
+    np.save(where / "imagenet256_latents.labels.npy", np.arange(8) % 2)
   np.save(where / "points.npy", rng.normal(size=(64, POINTS_DIM)).astype(np.float32))
   np.save(where / "eps.npy", rng.normal(size=(32, 2)).astype(np.float32))
   np.save(where / "labels.npy", np.arange(22) % 11)  # 10: the null class (unconditional)
@@ -166,7 +194,7 @@ def write_inputs(where):
   x = rng.normal(size=(64, POINTS_DIM)).astype(np.float32)
   np.savez(where / "runs" / "pairs.npz", x=x, eps=rng.normal(size=x.shape).astype(np.float32))
   return {"points.npy": (POINTS_DIM,), "latents.npz": (8, 8, 4), "my_images/": (12, 12, 1),
-          "runs/pairs.npz": (POINTS_DIM,)}
+          "runs/pairs.npz": (POINTS_DIM,), "imagenet256_latents.npy": (8, 8, 4)}
 
 
 # ----------------------------------------------------------------------------- fast
@@ -195,7 +223,7 @@ TRAIN = [c for c in readme_commands() if c[0] == "scripts/train.py" and _skip_re
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
   where = tmp_path_factory.mktemp("inputs")
-  return where, write_inputs(where)
+  return where, write_inputs(where, latents=True)
 
 
 @pytest.mark.parametrize("argv", TRAIN, ids=lambda c: _flag(c, "workdir"))
@@ -226,7 +254,12 @@ def _outputs(argv, stdout):
   if script == "train.py":
     return [f"{workdir}/{n}" for n in ("config.json", "metrics.jsonl", "checkpoints",
                                         "tensorboard")] + (
-        [f"{workdir}/profile"] if _flag(argv, "config.train.profile_steps") else [])
+        [f"{workdir}/profile"] if _flag(argv, "config.train.profile_steps") else []) + (
+        [f"{workdir}/best/best.json"] if _flag(argv, "config.train.eval_keep_best") else [])
+  if script == "encode_latents.py":
+    return [out, out[:-len(".npy")] + ".labels.npy"]
+  if script == "fid_stats.py":
+    return [out]
   if script == "compare_samples.py":
     return [out]
   if script == "sample.py":
