@@ -295,6 +295,8 @@ class ImageScorer:
       raise ConfigError("this run trained on VAE latents: it is scored by FID; pass Inception "
                         "weights (--inception) and the VAE (--vae).")
     self.decode = _decoder(vae, d.source, d.latent_scale, batch)
+    # Weights first: a missing file fails before the data are read or a classifier trains.
+    incep_params = None if inception is None else inception_lib.load_params(inception)
     real, labels, k = image_data.load_images(d.source, path=d.path,
                                              latent_scale=d.latent_scale)
     if labels is None and inception is None:
@@ -312,8 +314,7 @@ class ImageScorer:
                    agreement=clf.accuracy,  # on real images the classifier did not train on
                    class_tv=0.0, classifier_heldout_accuracy=clf.accuracy)
     if inception is not None:
-      features = inception_lib.make_feature_fn(inception_lib.load_params(inception),
-                                              batch_size=min(100, num))
+      features = inception_lib.make_feature_fn(incep_params, batch_size=min(100, num))
       if ref is not None:
         fid_ref = inception_lib.load_stats(ref)
       else:

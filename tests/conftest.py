@@ -9,6 +9,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CLASSIFIER_ENV = "MEANFLOW_JAX_CACHE"
 
 
 def pytest_configure(config):
@@ -20,6 +21,11 @@ def pytest_configure(config):
   Set here, before any test module imports jax, and in the environment, so the xdist
   workers and the scripts the tests start share it. A directory the user set is kept.
   """
+  if not os.environ.get(_CLASSIFIER_ENV):
+    # The digits and MNIST classifiers of the image metrics, trained once per session (by
+    # whichever worker needs one first), not once per test module, nor in the user's cache.
+    config._meanflow_jax_classifiers = tempfile.mkdtemp(prefix="meanflow_jax_classifiers_")
+    os.environ[_CLASSIFIER_ENV] = config._meanflow_jax_classifiers
   if os.environ.get(_CACHE_ENV):
     return
   path = tempfile.mkdtemp(prefix="meanflow_jax_xla_cache_")
@@ -31,7 +37,20 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+  classifiers = getattr(config, "_meanflow_jax_classifiers", None)
+  if classifiers:
+    shutil.rmtree(classifiers, ignore_errors=True)
+    os.environ.pop(_CLASSIFIER_ENV, None)
   path = getattr(config, "_meanflow_jax_cache", None)
   if path:
     shutil.rmtree(path, ignore_errors=True)
     os.environ.pop(_CACHE_ENV, None)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def classifier_cache():
+  """The session's classifier cache (`MEANFLOW_JAX_CACHE`, set in `pytest_configure`)."""
+  return os.environ[_CLASSIFIER_ENV]

@@ -132,13 +132,6 @@ DIGITS_TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1"
 
 
 @pytest.fixture(scope="module")
-def classifier_cache(tmp_path_factory):
-  """One classifier cache for this module's image evaluations: the digits classifier is
-  trained once (its caching is tested in test_frechet_classifier.py)."""
-  return str(tmp_path_factory.mktemp("classifier_cache"))
-
-
-@pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   work = tmp_path_factory.mktemp("digits")
   proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY)
