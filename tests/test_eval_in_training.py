@@ -149,15 +149,16 @@ def test_wandb_writer_logs_the_training_scalars_offline(tmp_path, monkeypatch):
 def digits_run(tmp_path_factory):
   from configs import digits
   workdir = str(tmp_path_factory.mktemp("digits"))
-  c = override(digits.get_config(), {
-      "model.dit.hidden_size": 32, "model.dit.depth": 1, "model.dit.num_heads": 2,
-      "model.dit.patch_size": 4, "train.batch_size": 16, "train.steps": 4,
+  c = override(digits.get_config(), {  # a small DiT of one token: the evaluation is the point
+      "model.dit.hidden_size": 16, "model.dit.depth": 1, "model.dit.num_heads": 2,
+      "model.dit.patch_size": 8, "train.batch_size": 16, "train.steps": 4,
       "train.log_every": 2, "train.checkpoint_every": 4, "train.sample_every": 0,
       "optimizer.warmup_steps": 0})
   training.train(c, workdir)
   return workdir
 
 
+@pytest.mark.slow  # five evaluations, 35,000 samples (a minute)
 def test_image_evaluation_memory_does_not_grow_with_the_number_of_samples(digits_run,
                                                                           classifier_cache):
   """Only running sums and one batch are held while the samples are drawn and scored:

@@ -36,7 +36,7 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   z = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   t, r = jnp.full((4,), 0.7), jnp.full((4,), 0.2)
   y = jnp.arange(4)
-  params = nn.meta.unbox(m.init(jax.random.key(1), z, r, t, y))
+  params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
   u, v = m.apply(params, z, r, t, y)
   assert u.shape == v.shape == z.shape
   np.testing.assert_array_equal(u, 0.0)  # zero-initialised output layers
@@ -56,7 +56,7 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   same_h = m.apply(p, z, r + 0.1, t + 0.1, y, omega=jnp.full((4,), 2.0))[0]
   np.testing.assert_allclose(same_h, base, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="no guidance conditions"):
-    _small().apply(_small().init(jax.random.key(1), z, r, t, y), z, r, t, y,
+    _small().apply(jax.jit(_small().init)(jax.random.key(1), z, r, t, y), z, r, t, y,
                    omega=jnp.ones((4,)))
 
 
@@ -66,7 +66,7 @@ def test_jvp_through_the_network_matches_finite_differences():
   m = _small(guided=True, v_head=True, time_scale=10.0)
   z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
   t, r, y = jnp.array([0.8, 0.6]), jnp.array([0.1, 0.6]), jnp.array([3, 10])
-  params = nn.meta.unbox(m.init(jax.random.key(1), z, r, t, y))
+  params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
   params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape),
                         params)
   f = lambda tt: m.apply(params, z, r, tt, y)[0]

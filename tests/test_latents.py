@@ -138,6 +138,7 @@ def latents_run(pipeline):
   return workdir
 
 
+@pytest.mark.slow  # the Inception network at 299 x 299 on a CPU (a minute)
 def test_a_latents_run_is_decoded_and_scored_by_fid(pipeline, latents_run):
   kw = dict(num=4, batch=2, vae=pipeline["vae"], inception=pipeline["inception"])
   ev = evaluate.evaluate_images(latents_run, [1], **kw)

@@ -24,7 +24,7 @@ def test_mlp_shapes_and_zero_output_at_init(num_classes):
   z = jax.random.normal(jax.random.key(0), (5, 3))
   t, r = jnp.full(5, 0.7), jnp.full(5, 0.2)
   y = jnp.arange(5) if num_classes else None
-  params = model.init(jax.random.key(1), z, r, t, y)
+  params = jax.jit(model.init)(jax.random.key(1), z, r, t, y)
   out = model.apply(params, z, r, t, y)
   assert out.shape == (5, 3)
   np.testing.assert_array_equal(out, 0.0)  # zero-initialised head
@@ -102,7 +102,7 @@ def _init(name, **kw):
   m = models.build(name, num_classes=3, **args, **kw)
   z = jax.random.normal(jax.random.key(0), (2, *shape))
   t, r, y = jnp.array([0.9, 0.02]), jnp.array([0.3, 0.0]), jnp.array([1, 3])
-  return m, nn.meta.unbox(m.init(jax.random.key(1), z, r, t, y)), (z, r, t, y)
+  return m, nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y)), (z, r, t, y)
 
 
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))

@@ -73,7 +73,7 @@ def _setup(objective, b=16, ratio=0.25, classes=True, model_name="mlp"):
   c.time.ratio_r_neq_t = ratio
   model = ts.build_model(c)
   ones = jnp.ones((b,))
-  params = model.init(jax.random.key(0), x, ones, ones, y if classes else None)
+  params = jax.jit(model.init)(jax.random.key(0), x, ones, ones, y if classes else None)
   return c, model, params, x, y
 
 
@@ -235,12 +235,15 @@ def test_remat_keeps_parameters_and_gradients(name):
     c.model.remat = remat
     model = ts.build_model(c)
     assert model.remat is remat
-    params = model.init(jax.random.key(0), x, t, t, y)
-    # Zero-initialised gates and heads would make every block's gradient 0: perturb them.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
+    # Zero-initialised gates and heads would make every block's gradient 0: perturb them
+    # (in one compiled program: eager draws compile one program per parameter shape).
+    def init(key):
+      leaves, tree = jax.tree.flatten(model.init(key, x, t, t, y))
+      keys = jax.random.split(jax.random.key(1), len(leaves))
+      return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
                                        for a, k in zip(leaves, keys)])
+
+    params = jax.jit(init)(jax.random.key(0))
     out = lambda p: jax.tree.leaves(model.apply(p, x, 0.5 * t, t, y))[0]
     grads.append(jax.jit(jax.grad(lambda p: jnp.sum(out(p) * x)))(params))
   assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
