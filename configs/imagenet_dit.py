@@ -3,6 +3,10 @@
   python scripts/train.py --config configs/imagenet_dit.py:B/2 --workdir runs/in256_b2 \
       --config.data.path=/data/imagenet256_sd_latents.npy
 
+The latents come from the images with scripts/encode_latents.py; FID during training and
+at the end with scripts/evaluate.py --vae (README, "ImageNet 256, from the raw images to the
+FID table").
+
 data.path: precomputed SD-VAE (ft-mse) latents [N, 32, 32, 4], unscaled (the 0.18215
 factor is applied when batches are drawn): a .npy, memory-mapped, with its labels
 [N] in `<name>.labels.npy` beside it; or a small .npz with `images` (or `x`) and

@@ -3,7 +3,8 @@ is the config's argument.
 
   python scripts/train.py --config configs/imagenet_imf.py:B/2 --workdir runs/in256_imf_b2 \
       --config.data.path=/data/imagenet256_sd_latents.npy
-  python scripts/sample.py --workdir runs/in256_imf_b2 --nfe 1 --num 64 --out x.npy
+  python scripts/sample.py --workdir runs/in256_imf_b2 --nfe 1 --num 64 --omega 4 \
+      --vae sd_vae_ft_mse.npz --out x.npy
   python scripts/dryrun.py --config configs/imagenet_imf.py:XL/2 --data_shape 32,32,4 \
       --fake_devices 8 --batch 256
 

@@ -41,9 +41,10 @@ def _env(devices):
   return xla.env(devices)
 
 
-def _start_two(workdir, steps):
+def _start_two(workdir, steps, *extra):
   port = _free_port()
-  return [subprocess.Popen(_command(workdir, steps, f"--coordinator_address=127.0.0.1:{port}",
+  return [subprocess.Popen(_command(workdir, steps, *extra,
+                                    f"--coordinator_address=127.0.0.1:{port}",
                                     "--num_processes=2", f"--process_id={i}"),
                            env=_env(2), cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -64,7 +65,12 @@ def _finish(procs, timeout=3600):
 
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+    return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+
+def _evaluations(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if "eval/clf_fd_nfe1" in r]
 
 
 def _assert_same_params(a, b):
@@ -76,10 +82,12 @@ def _assert_same_params(a, b):
 
 @pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`
 def test_two_processes_equal_one_process_with_four_devices(tmp_path):
-  one = subprocess.run(_command(tmp_path / "one", 6), env=_env(4), cwd=ROOT,
+  # With evaluations as it trains: every process scores its share of the samples.
+  evals = ("--config.train.eval_every=3", "--config.train.eval_num=48")
+  one = subprocess.run(_command(tmp_path / "one", 6, *evals), env=_env(4), cwd=ROOT,
                        capture_output=True, text=True, timeout=3600)
   assert one.returncode == 0, one.stderr[-3000:]
-  results = _finish(_start_two(tmp_path / "two", 6))
+  results = _finish(_start_two(tmp_path / "two", 6, *evals))
   for rc, _, err in results:
     assert rc == 0, err[-3000:]
   # Process 0 alone reports, logs, and draws.
@@ -93,6 +101,11 @@ def test_two_processes_equal_one_process_with_four_devices(tmp_path):
   assert [s for s, _ in summary.read_scalars(str(tmp_path / "two" / "tensorboard"))
           ["train/loss"]] == [2, 4, 6]
   _assert_same_params(tmp_path / "one", tmp_path / "two")
+  one_evals, two_evals = _evaluations(tmp_path / "one"), _evaluations(tmp_path / "two")
+  assert [r["step"] for r in two_evals] == [r["step"] for r in one_evals] == [3, 6]
+  for a, b in zip(one_evals, two_evals):
+    for k in ("eval/clf_fd_nfe1", "eval/agreement_nfe1", "eval/class_tv_nfe1"):
+      assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-6), (k, a, b)
 
 
 @pytest.mark.slow
