@@ -321,5 +321,6 @@ def test_every_readme_command_runs_on_a_tiny_budget(tmp_path):
     if missing:
       failures.append(f"{line}\n  did not write {missing}")
   print("skipped README commands:\n" + "\n".join(f"  {c}: {r}" for c, r in skipped))
-  assert ran >= 25 and len(skipped) == len(SKIPPED), (ran, skipped)
   assert not failures, "\n\n".join(failures)
+  # Every reason to skip is used (one may cover a command the README repeats).
+  assert ran >= 25 and {r for _, r in skipped} == set(SKIPPED.values()), (ran, skipped)
