@@ -91,18 +91,6 @@ def compile_step(config, objective, data_shape, batch, mesh):
   return compiled, time.perf_counter() - start, forward
 
 
-def figures(compiled):
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  gib = lambda b: b / 2 ** 30
-  return {"flops_per_device": float(cost.get("flops", 0.0)),
-          "argument_gib": gib(mem.argument_size_in_bytes),
-          "output_gib": gib(mem.output_size_in_bytes),
-          "temp_gib": gib(mem.temp_size_in_bytes),
-          "alias_gib": gib(mem.alias_size_in_bytes)}
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -136,10 +124,10 @@ def main(argv):
     objectives.get(objective)  # unknown: one line listing the registered ones
   for objective in chosen:
     compiled, seconds, forward = compile_step(config, objective, data_shape, batch, mesh)
-    f = figures(compiled)
+    f = builders.compiled_figures(compiled)
     f["compile_s"] = seconds
     f["flops_per_step"] = f["flops_per_device"] * mesh.size
-    f["forward_flops"] = figures(forward)["flops_per_device"] * mesh.size
+    f["forward_flops"] = builders.compiled_figures(forward)["flops_per_device"] * mesh.size
     f["forward_passes"] = f["flops_per_step"] / f["forward_flops"]
     out[objective] = f
     print(f"{objective:>14}: {f['flops_per_step'] / 1e12:10.3f} TFLOP/step "

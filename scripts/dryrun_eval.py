@@ -56,17 +56,6 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the figures.")
 flags.mark_flags_as_required(["config"])
 
 
-def _figures(compiled):
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  gib = lambda b: b / 2 ** 30
-  return {"flops_per_device": float(cost.get("flops", 0.0)),
-          "argument_gib": gib(mem.argument_size_in_bytes),
-          "output_gib": gib(mem.output_size_in_bytes),
-          "temp_gib": gib(mem.temp_size_in_bytes)}
-
-
 def _abstract(tree, sharding):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
@@ -122,7 +111,7 @@ def main(argv):
          "sustained_tflops_assumed": _TFLOPS.value}
   total = 0.0
   for name, compiled in stages(config, batch, latent_shape, mesh).items():
-    f = _figures(compiled)
+    f = builders.compiled_figures(compiled)
     if name == "sampler":  # compiled for one evaluation
       f["flops_per_device"] *= _NFE.value
     f["flops_per_batch"] = f["flops_per_device"] * len(devices)

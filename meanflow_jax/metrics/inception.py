@@ -307,22 +307,26 @@ def _unflatten(flat):
       {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep="/")}
 
 
-def check_params(flat, source="the weights"):
-  """Raises `CheckpointMismatchError` unless `flat` {path: array} fits the network exactly.
-
-  Lists the first few missing keys, unexpected keys and wrong shapes.
-  """
-  want = expected_shapes()
+def shape_mismatches(flat, want):
+  """What keeps weights `flat` {path: array} from fitting a network's `want` {path: shape}:
+  "" if nothing, else the counts and first few missing keys, unexpected keys and wrong
+  shapes, for an error message."""
   missing = sorted(set(want) - set(flat))
   unexpected = sorted(set(flat) - set(want))
   wrong = [f"{k}: {tuple(np.shape(flat[k]))}, expected {want[k]}" for k in sorted(want)
            if k in flat and tuple(np.shape(flat[k])) != want[k]]
-  if missing or unexpected or wrong:
-    parts = [f"{len(v)} {name} (first: {', '.join(v[:5])})" for name, v in
-             (("missing", missing), ("unexpected", unexpected), ("with wrong shapes", wrong))
-             if v]
+  return "; ".join(f"{len(v)} {name} (first: {', '.join(v[:5])})" for name, v in
+                   (("missing", missing), ("unexpected", unexpected),
+                    ("with wrong shapes", wrong)) if v)
+
+
+def check_params(flat, source="the weights"):
+  """Raises `CheckpointMismatchError` unless `flat` {path: array} fits the network exactly
+  (`shape_mismatches`)."""
+  problems = shape_mismatches(flat, expected_shapes())
+  if problems:
     raise CheckpointMismatchError(
-        f"{source} do not fit the FID Inception network: {'; '.join(parts)}. Convert "
+        f"{source} do not fit the FID Inception network: {problems}. Convert "
         f"{WEIGHTS_FILE} with {CONVERTER} (see meanflow_jax/metrics/inception.py).")
 
 

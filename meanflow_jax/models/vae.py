@@ -47,7 +47,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from meanflow_jax.errors import CheckpointMismatchError, DataError
-from meanflow_jax.metrics.inception import MissingFileError
+from meanflow_jax.metrics.inception import MissingFileError, shape_mismatches
 
 __all__ = ["AutoencoderKL", "VAEConfig", "MissingFileError", "check_params",
            "convert_torch_state_dict", "expected_shapes", "init_random_params", "load_params",
@@ -318,17 +318,10 @@ def check_params(flat, config=VAEConfig(), source="the weights"):
 
   Lists the first few missing keys, unexpected keys and wrong shapes.
   """
-  want = expected_shapes(config)
-  missing = sorted(set(want) - set(flat))
-  unexpected = sorted(set(flat) - set(want))
-  wrong = [f"{k}: {tuple(np.shape(flat[k]))}, expected {want[k]}" for k in sorted(want)
-           if k in flat and tuple(np.shape(flat[k])) != want[k]]
-  if missing or unexpected or wrong:
-    parts = [f"{len(v)} {name} (first: {', '.join(v[:5])})" for name, v in
-             (("missing", missing), ("unexpected", unexpected), ("with wrong shapes", wrong))
-             if v]
+  problems = shape_mismatches(flat, expected_shapes(config))
+  if problems:
     raise CheckpointMismatchError(
-        f"{source} do not fit the VAE {config}: {'; '.join(parts)}. Convert diffusers' "
+        f"{source} do not fit the VAE {config}: {problems}. Convert diffusers' "
         f"{WEIGHTS_FILE} of {HUB_MODEL} with {CONVERTER} (see meanflow_jax/models/vae.py).")
 
 

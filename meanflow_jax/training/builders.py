@@ -142,3 +142,17 @@ def jit_step(config, model, tx, prior, mesh, state_sh, batch_sh):
   return jax.jit(step_function(config, model, tx, prior), donate_argnums=0,
                  in_shardings=(state_sh, batch_sh, replicated),
                  out_shardings=(state_sh, replicated))
+
+
+def compiled_figures(compiled):
+  """XLA's counts of a compiled program, per device: FLOPs and the memory of its arguments,
+  outputs, temporaries and aliased buffers (GiB)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  gib = lambda b: b / 2 ** 30
+  return {"flops_per_device": float(cost.get("flops", 0.0)),
+          "argument_gib": gib(mem.argument_size_in_bytes),
+          "output_gib": gib(mem.output_size_in_bytes),
+          "temp_gib": gib(mem.temp_size_in_bytes),
+          "alias_gib": gib(mem.alias_size_in_bytes)}
