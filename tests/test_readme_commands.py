@@ -132,6 +132,7 @@ def tiny_args(argv):
                                 "--nfe", "1,2", "--num", "200", "--num_paths", "32",
                                 "--path_steps", "4"],
       "dryrun.py": DIT + ["--batch", "16", "--data_shape", "8,8,4"],
+      "dryrun_eval.py": DIT + ["--batch", "8", "--num", "16", "--latent_shape", "4,4,4"],
       "bench_train_step.py": ["--steps", "2", "--warmup", "1", "--block", "1",
                               "--models", "mlp,paper"],
       "bench_prefetch.py": ["--steps", "4", "--examples", "128", "--delay_ms", "0,20"],
@@ -278,6 +279,9 @@ def _outputs(argv, stdout):
     return ["runs/bench_train_step.md"]
   if script == "bench_prefetch.py":
     return ["runs/bench_prefetch.md"]
+  if script == "dryrun_eval.py":
+    assert "PFLOP in all" in stdout, stdout[-2000:]
+    return []
   assert "TFLOP/step" in stdout, stdout[-2000:]  # dryrun prints its figures
   return []
 
