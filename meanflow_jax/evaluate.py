@@ -459,7 +459,11 @@ def evaluate_images(workdir, nfes, *, num=2_000, seed=0, params=None, method=Non
 
 
 def class_rows(samples, labels, num_classes, per_class):
-  """The first `per_class` samples of each class, class by class: `[K * per_class, ...]`."""
+  """The first `per_class` samples of each class, class by class: `[K * per_class, ...]`.
+
+  `samples` may be the first rows only of those `labels` describe (an evaluation keeps
+  the first K * per_class)."""
+  labels = np.asarray(labels)[:samples.shape[0]]
   return np.concatenate([samples[labels == c][:per_class] for c in range(num_classes)])
 
 

@@ -180,7 +180,7 @@ def test_sample_images_bad_input(digits_run, tmp_path, args, needle):
 def test_evaluate_images_writes_table_and_grid(digits_run, classifier_cache):
   env = dict(os.environ, MEANFLOW_JAX_CACHE=classifier_cache)
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"),
-                         "--workdir", str(digits_run), "--nfe", "1", "2", "--num", "60"],
+                         "--workdir", str(digits_run), "--nfe", "1", "2", "--num", "150"],
                         capture_output=True, text=True, cwd=ROOT, timeout=3600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = json.load(open(digits_run / "eval.json"))

@@ -195,3 +195,12 @@ def test_evaluations_reach_tensorboard(evaluated_run):
   rows = _eval_rows(evaluated_run)
   (step, value), = [(s, v) for s, v in scalars["eval/sliced_w2_nfe1"] if s == 40]
   assert value == pytest.approx(rows[-1]["eval/sliced_w2_nfe1"], rel=1e-6)
+
+
+def test_class_rows_of_the_kept_first_samples():
+  """A grid from the first samples an evaluation keeps (K x per of them), labels i mod K
+  for all of the num samples."""
+  labels = np.arange(1000) % 10
+  kept = np.arange(30, dtype=np.float32)[:, None]  # sample i holds i
+  rows = evaluate.class_rows(kept, labels, 10, 3)
+  np.testing.assert_array_equal(rows[:, 0], [c + 10 * j for c in range(10) for j in range(3)])
