@@ -1,10 +1,14 @@
 """Pictures: scatter plots of 2-D samples over the data density, image grids, curves."""
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
+
+def pyplot():
+  """matplotlib.pyplot on the file backend, imported at the first picture: importing it adds
+  half a second to the start of every script, including those that stop on bad input."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def _density_grid(log_prob, lim, n=200):
@@ -24,6 +28,7 @@ def scatter(panels, path, log_prob=None, lim=None, ncols=None):
     log_prob: optional data log-density `[N, 2] -> [N]`, drawn as contours.
     lim: half-width of the square plot window (default: from the points).
   """
+  plt = pyplot()
   panels = [(p[0], np.asarray(p[1]), p[2] if len(p) > 2 else log_prob) for p in panels]
   for title, p, _ in panels:
     if p.ndim != 2 or p.shape[1] != 2:
@@ -59,6 +64,8 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
     thresholds: optional {metric: value} drawn as a dashed line.
     log_metrics: metrics drawn on a log axis (values spanning decades).
   """
+  plt = pyplot()
+  from matplotlib import ticker
   thresholds = thresholds or {}
   fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
   methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -71,8 +78,8 @@ def metrics_vs_nfe(rows, metrics, path, thresholds=None, log_metrics=()):
     ax.set(xscale="log", xlabel="NFE", title=m, yscale="log" if m in log_metrics else "linear")
     # NFE are integers: label them as such, not as powers of ten.
     ax.set_xticks(sorted({r["nfe"] for r in rows}))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -88,6 +95,7 @@ def metrics_vs_omega(rows, metrics, path, floor=None, log_metrics=()):
   Args:
     rows: dicts with "method", "nfe", "omega" and each metric.
   """
+  plt = pyplot()
   floor = floor or {}
   fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
   line_of = lambda r: (r["method"], r["nfe"], r.get("t_min"), r.get("t_max"))
@@ -140,6 +148,7 @@ def image_grids(panels, path, ncols, row_labels=None, panels_per_row=None, pixel
     panels_per_row: panels side by side before a new row of panels (default all).
     pixels_per_inch: size of the figure relative to the tiled grids.
   """
+  plt = pyplot()
   tiles = [(title, mosaic(x, ncols)) for title, x in panels]
   h, w = tiles[0][1].shape[:2]
   per_row = panels_per_row or len(tiles)

@@ -24,7 +24,6 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 from meanflow_jax import paths
 from meanflow_jax.errors import ConfigError, DataError
@@ -65,6 +64,7 @@ def ot_assignment(x, eps):
 
   def solve(c):
     c = np.asarray(c, np.float64)
+    import scipy.optimize  # here: importing it adds 0.7 s to every script's start
     _, cols = scipy.optimize.linear_sum_assignment(c)
     return cols.astype(np.int32)
 

@@ -97,7 +97,7 @@ def write_outputs(rows, grids, out, floor):
 
 
 def _curvature_bars(rows, path):
-  plt = plotting.plt  # the Agg backend, set by meanflow_jax.plotting
+  plt = plotting.pyplot()  # on the Agg backend
   runs = {(r["prior"], r["coupling"], r["objective"]): r for r in rows}
   names = [f"{p}\n{c}\n{o}" for p, c, o in runs]
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))

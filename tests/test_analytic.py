@@ -65,8 +65,8 @@ def test_rk4_converged_and_flow_pushes_noise_to_the_mixture():
   mix = analytic.ring_mixture()
   eps = jax.random.normal(jax.random.key(3), (20_000, 2))
   x = jax.jit(lambda e: mix.flow_map(e, 1.0, 0.0, 256))(eps)
-  x_fine = jax.jit(lambda e: mix.flow_map(e, 1.0, 0.0, 1024))(eps[:4000])  # 4x the steps
-  assert float(jnp.sqrt(jnp.mean(jnp.sum((x[:4000] - x_fine) ** 2, -1)))) < 1e-4
+  x_fine = jax.jit(lambda e: mix.flow_map(e, 1.0, 0.0, 1024))(eps[:1000])  # 4x the steps
+  assert float(jnp.sqrt(jnp.mean(jnp.sum((x[:1000] - x_fine) ** 2, -1)))) < 1e-4
   data, _ = mix.sample(jax.random.key(4), 20_000)
   sw_flow = toy.sliced_wasserstein(jax.random.key(5), x, data)
   sw_data = toy.sliced_wasserstein(jax.random.key(5), mix.sample(jax.random.key(6), 20_000)[0], data)

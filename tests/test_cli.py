@@ -139,6 +139,8 @@ def digits_run(tmp_path_factory):
   return work
 
 
+@pytest.mark.slow  # three sample.py runs of a DiT; labels reaching the network are tested fast
+# in test_image_models.py, the labels' flags below
 def test_sample_images_by_class_and_labels(digits_run, tmp_path):
   proc = run("sample.py", "--workdir", str(digits_run), "--nfe", "1", "--num", "20",
              "--out", str(tmp_path / "a.npy"))

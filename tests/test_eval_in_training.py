@@ -180,6 +180,16 @@ def test_image_evaluation_memory_does_not_grow_with_the_number_of_samples(digits
   assert peaks[None, 16_000] - peaks[None, 1_000] > 2e6, peaks
 
 
+def test_toy_metrics_do_not_depend_on_the_batch_size(evaluated_run):
+  """Sample i draws from fold_in(key, i) whatever the batching (the image scorer's batches
+  are tested the same way in the slow test below)."""
+  a = evaluate.evaluate_toy(evaluated_run, [1], num=300, batch=300)
+  b = evaluate.evaluate_toy(evaluated_run, [1], num=300, batch=64)
+  for m in ("transport_rms", "low_density_frac", "mode_tv", "sliced_w2"):
+    assert a.rows[0][m] == pytest.approx(b.rows[0][m], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow  # two image evaluations of a trained DiT with the digits classifier
 def test_image_metrics_do_not_depend_on_the_batch_size(digits_run, classifier_cache):
   cache = classifier_cache
   a = evaluate.evaluate_images(digits_run, [1], num=300, batch=300, cache_dir=cache)

@@ -104,7 +104,7 @@ def test_user_registered_network_reaches_the_train_step(monkeypatch):
   validate.check_config(c)
   model = training.build_model(c)
   tx = training.make_optimizer(c.optimizer, c.train.steps)
-  state = builders.init_fn(c, model, tx, (8, 8, 1))(jax.random.key(0))
+  state = jax.jit(builders.init_fn(c, model, tx, (8, 8, 1)))(jax.random.key(0))
   step = jax.jit(builders.step_function(c, model, tx))
   x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1), minval=-1, maxval=1)
   y = jnp.arange(16) % 10
@@ -114,6 +114,7 @@ def test_user_registered_network_reaches_the_train_step(monkeypatch):
                                 model, tx).keywords["feature_loss"] is None
 
 
+@pytest.mark.slow  # two runs end to end; the term's wiring is tested fast above
 def test_classifier_features_train_on_digits_and_a_changed_term_is_not_resumed(tmp_path):
   # The digits classifier comes from the user's cache, as in the evaluation tests (its
   # training and caching are tested in test_frechet_classifier.py).

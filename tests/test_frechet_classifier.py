@@ -1,4 +1,6 @@
 """Frechet distance against closed forms; the project's digits classifier."""
+import os
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -40,21 +42,31 @@ def test_frechet_of_samples_converges_to_population_value():
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(classifier_cache):
+  """The digits and their classifier, from the session's cache (trained by the first test
+  that needs it)."""
   x, y, k = images.load_images("digits")
-  clf = classifier.load_or_train(x, y, k, cache_dir=str(tmp_path_factory.mktemp("cache")))
-  return x, y, k, clf
+  return x, y, k, classifier.load_or_train(x, y, k, cache_dir=classifier_cache)
 
 
-def test_classifier_is_accurate_and_cached(digits, tmp_path):
+def test_classifier_is_accurate_and_cached(digits, classifier_cache, monkeypatch):
   x, y, k, clf = digits
   assert clf.accuracy > 0.95  # held-out fifth of the real digits
-  cached = classifier.load_or_train(x, y, k, cache_dir=str(tmp_path))
-  again = classifier.load_or_train(x, y, k, cache_dir=str(tmp_path))  # from the file
-  assert again.accuracy == cached.accuracy
-  np.testing.assert_array_equal(again.features(x[:50]), cached.features(x[:50]))
-  # Deterministic: a second training gives the same network.
-  np.testing.assert_allclose(cached.features(x[:50]), clf.features(x[:50]), rtol=1e-5, atol=1e-5)
+  assert any(f.endswith(".msgpack") for f in os.listdir(classifier_cache))
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("trained again instead of loading the cached file")
+  monkeypatch.setattr(classifier, "train_classifier", no_training)
+  again = classifier.load_or_train(x, y, k, cache_dir=classifier_cache)  # from the file
+  assert again.accuracy == clf.accuracy
+  np.testing.assert_array_equal(again.features(x[:50]), clf.features(x[:50]))
+
+
+@pytest.mark.slow  # a second training of the classifier (half a minute)
+def test_classifier_training_is_deterministic(digits, tmp_path):
+  x, y, k, clf = digits
+  trained = classifier.load_or_train(x, y, k, cache_dir=str(tmp_path))
+  np.testing.assert_allclose(trained.features(x[:50]), clf.features(x[:50]), rtol=1e-5, atol=1e-5)
 
 
 def test_classifier_fd_orders_corruptions(digits):

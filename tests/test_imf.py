@@ -227,7 +227,7 @@ def test_imf_steps_lower_the_loss_on_digits():
   x_all, y_all, _ = images.load_images("digits")
   model = training.build_model(c)
   tx = training.make_optimizer(c.optimizer, 40)
-  state = builders.init_fn(c, model, tx, (8, 8, 1))(jax.random.key(0))
+  state = jax.jit(builders.init_fn(c, model, tx, (8, 8, 1)))(jax.random.key(0))
   step = jax.jit(builders.step_function(c, model, tx))
   key = jax.random.key(1)
   fixed = (jnp.asarray(x_all[:64]), jnp.asarray(y_all[:64]))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from meanflow_jax import models
+from tests.helpers import compiled
 
 # REFERENCE.md (32x32x4 latents, 1000 classes): training (u + v heads) / sampling.
 # XL/2 training reads 710,113,760 there; the sampling count, and the v head being the
@@ -37,7 +38,8 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   t, r = jnp.full((4,), 0.7), jnp.full((4,), 0.2)
   y = jnp.arange(4)
   params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
-  u, v = m.apply(params, z, r, t, y)
+  apply = jax.jit(lambda p, z, r, t, y, **kw: m.apply(p, z, r, t, y, **kw))
+  u, v = apply(params, z, r, t, y)
   assert u.shape == v.shape == z.shape
   np.testing.assert_array_equal(u, 0.0)  # zero-initialised output layers
   names = set(params["params"])
@@ -45,15 +47,18 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
           "block0", "block1", "u_block0", "v_block0", "final", "final_v"} <= names
   assert float(jnp.abs(params["params"]["block0"]["attn_gate"]).max()) == 0.0
   # With random output layers, each condition changes u.
-  p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), params)
-  base = m.apply(p, z, r, t, y, omega=jnp.full((4,), 2.0))[0]
-  for kw in ({"omega": jnp.full((4,), 4.0)}, {"omega": jnp.full((4,), 2.0), "t_min": t * 0.5},
-             {"omega": jnp.full((4,), 2.0), "t_max": t * 0.9}):
-    assert float(jnp.abs(m.apply(p, z, r, t, y, **kw)[0] - base).max()) > 1e-4
-  assert float(jnp.abs(m.apply(p, z, r, t, (y + 1) % 10, omega=jnp.full((4,), 2.0))[0]
-                       - base).max()) > 1e-4
+  p = compiled.perturb(params, jax.random.key(2), 0.1)
+  # Every condition passed explicitly: one compiled program for all the calls below.
+  full = lambda z, r, t, y, omega, t_min=jnp.zeros(4), t_max=jnp.ones(4): apply(
+      p, z, r, t, y, omega=omega, t_min=t_min, t_max=t_max)[0]
+  two = jnp.full((4,), 2.0)
+  base = full(z, r, t, y, two)
+  for kw in ({"omega": jnp.full((4,), 4.0)}, {"omega": two, "t_min": t * 0.5},
+             {"omega": two, "t_max": t * 0.9}):
+    assert float(jnp.abs(full(z, r, t, y, **kw) - base).max()) > 1e-4
+  assert float(jnp.abs(full(z, r, t, (y + 1) % 10, two) - base).max()) > 1e-4
   # h = t - r, not t: the same gap at another t changes u only through z.
-  same_h = m.apply(p, z, r + 0.1, t + 0.1, y, omega=jnp.full((4,), 2.0))[0]
+  same_h = full(z, r + 0.1, t + 0.1, y, two)
   np.testing.assert_allclose(same_h, base, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="no guidance conditions"):
     _small().apply(jax.jit(_small().init)(jax.random.key(1), z, r, t, y), z, r, t, y,
@@ -67,10 +72,9 @@ def test_jvp_through_the_network_matches_finite_differences():
   z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
   t, r, y = jnp.array([0.8, 0.6]), jnp.array([0.1, 0.6]), jnp.array([3, 10])
   params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
-  params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(2), a.shape),
-                        params)
-  f = lambda tt: m.apply(params, z, r, tt, y)[0]
-  _, du = jax.jvp(f, (t,), (jnp.ones_like(t),))
+  params = compiled.perturb(params, jax.random.key(2), 0.05)
+  f = jax.jit(lambda tt: m.apply(params, z, r, tt, y)[0])
+  _, du = jax.jit(lambda: jax.jvp(f, (t,), (jnp.ones_like(t),)))()
   h = 1e-3
   fd = (f(t + h) - f(t - h)) / (2 * h)
   np.testing.assert_allclose(du, fd, rtol=2e-2, atol=2e-3)

@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from meanflow_jax import models
 from meanflow_jax.models.embeddings import sinusoidal_embedding
+from tests.helpers import compiled
 
 
 def test_sinusoidal_embedding():
@@ -25,7 +26,7 @@ def test_mlp_shapes_and_zero_output_at_init(num_classes):
   t, r = jnp.full(5, 0.7), jnp.full(5, 0.2)
   y = jnp.arange(5) if num_classes else None
   params = jax.jit(model.init)(jax.random.key(1), z, r, t, y)
-  out = model.apply(params, z, r, t, y)
+  out = compiled.apply(model)(params, z, r, t, y)
   assert out.shape == (5, 3)
   np.testing.assert_array_equal(out, 0.0)  # zero-initialised head
 
@@ -34,16 +35,16 @@ def test_mlp_jvp_matches_finite_differences():
   model = models.build("mlp", width=32, depth=2, time_dim=16, time_scale=1.0)
   k = jax.random.split(jax.random.key(2), 4)
   z = jax.random.normal(k[0], (8, 2))
-  params = model.init(k[1], z, jnp.zeros(8), jnp.ones(8))
+  params = jax.jit(model.init)(k[1], z, jnp.zeros(8), jnp.ones(8))
   # Perturb the zero head so the output depends on the inputs.
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(k[2], p.shape), params)
+  params = compiled.perturb(params, k[2], 0.1)
   v = jax.random.normal(k[3], (8, 2))
   r, t = jnp.full(8, 0.2), jnp.full(8, 0.6)
   f = lambda z, r, t: model.apply(params, z, r, t)
-  _, du = jax.jvp(f, (z, r, t), (v, jnp.zeros(8), jnp.ones(8)))
+  _, du = jax.jit(lambda: jax.jvp(f, (z, r, t), (v, jnp.zeros(8), jnp.ones(8))))()
   with jax.enable_x64(True):
     p64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    f64 = lambda z, t: model.apply(p64, z, r.astype(jnp.float64), t)
+    f64 = jax.jit(lambda z, t: model.apply(p64, z, r.astype(jnp.float64), t))
     h = 1e-6
     z64, v64, t64 = z.astype(jnp.float64), v.astype(jnp.float64), t.astype(jnp.float64)
     fd = (f64(z64 + h * v64, t64 + h) - f64(z64 - h * v64, t64 - h)) / (2 * h)
@@ -78,7 +79,8 @@ def test_registry_variants_and_overrides():
 
 def test_param_count_uses_shapes_only():
   model = models.build("mlp", width=8, depth=1, time_dim=4, num_classes=3)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1), jnp.zeros(1))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1),
+                                  jnp.zeros(1))
   assert models.param_count(model, (2,)) == sum(p.size for p in jax.tree.leaves(variables))
   # Boxed values carry their logical axis names; unbox gives plain arrays.
   assert nn.get_partition_spec(variables)["params"]["in"]["kernel"] == P(None, "embed")
@@ -97,20 +99,23 @@ IMAGE_MODELS = {
 NEW_NAMES = {"mlp": {"out_v"}, "dit": {"final_v"}, "unet": {"conv_out_v"}}
 
 
-def _init(name, **kw):
+def _init(name, shapes_only=False, **kw):
+  """(model, parameters, inputs): the parameters are flax's init, or with `shapes_only`
+  their `jax.ShapeDtypeStruct`s (nothing compiled)."""
   args, shape = IMAGE_MODELS[name]
   m = models.build(name, num_classes=3, **args, **kw)
   z = jax.random.normal(jax.random.key(0), (2, *shape))
   t, r, y = jnp.array([0.9, 0.02]), jnp.array([0.3, 0.0]), jnp.array([1, 3])
-  return m, nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y)), (z, r, t, y)
+  init = jax.eval_shape if shapes_only else (lambda f, *a: jax.jit(f)(*a))
+  return m, nn.meta.unbox(init(m.init, jax.random.key(1), z, r, t, y)), (z, r, t, y)
 
 
 @pytest.mark.parametrize("name", list(IMAGE_MODELS))
 def test_v_head_and_guidance_add_parameters_and_keep_the_old_ones(name):
   """Checkpoints of models built before stay loadable: without the new options the
   parameter tree is what it was; the options only add their own entries."""
-  _, plain, _ = _init(name)
-  _, full, (z, r, t, y) = _init(name, v_head=True, guided=True)
+  _, plain, _ = _init(name, shapes_only=True)
+  _, full, (z, r, t, y) = _init(name, shapes_only=True, v_head=True, guided=True)
   old, new = set(plain["params"]), set(full["params"])
   assert old < new
   assert new - old == NEW_NAMES[name] | {"omega_embed", "tmin_embed", "tmax_embed"}
@@ -123,16 +128,16 @@ def test_v_head_and_guidance_add_parameters_and_keep_the_old_ones(name):
 def test_x_prediction_is_u_of_the_predicted_data(name):
   """prediction="x": u = (z - x) / max(t, 0.05) with x the network's output, on the same
   parameters; finite with a finite du/dt at t -> 0."""
-  m_u, params, (z, r, t, y) = _init(name)
-  m_x, _, _ = _init(name, prediction="x")
-  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(5), a.shape),
-                        params)
-  x_out = m_u.apply(params, z, r, t, y)  # the same network, read as x
+  m_u, _, (z, r, t, y) = _init(name, shapes_only=True)
+  m_x, _, _ = _init(name, shapes_only=True, prediction="x")
+  params = compiled.random_params(m_u, z, r, t, y, scale=0.1)  # no zero head: x depends on z
+  x_out = compiled.apply(m_u)(params, z, r, t, y)  # the same network, read as x
   floor = jnp.maximum(t, 0.05).reshape((-1,) + (1,) * (z.ndim - 1))
-  np.testing.assert_allclose(m_x.apply(params, z, r, t, y), (z - x_out) / floor, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(compiled.apply(m_x)(params, z, r, t, y), (z - x_out) / floor,
+                             rtol=1e-5, atol=1e-5)
   tiny = jnp.zeros_like(t)
-  _, du = jax.jvp(lambda tt: m_x.apply(params, z, tiny, tt, y), (tiny,), (jnp.ones_like(t),))
+  _, du = jax.jit(lambda: jax.jvp(lambda tt: m_x.apply(params, z, tiny, tt, y), (tiny,),
+                                  (jnp.ones_like(t),)))()
   assert bool(jnp.all(jnp.isfinite(du)))
   with pytest.raises(ValueError, match="prediction must be one of"):
-    _init(name, prediction="eps")
+    _init(name, shapes_only=True, prediction="eps")

@@ -133,7 +133,8 @@ def test_a_new_objective_is_one_registered_object():
     validate.check_config(c)
     model = training.build_model(c)
     tx = training.make_optimizer(c.optimizer, 40)
-    state = init_state(jax.random.key(0), model, tx, np.zeros((1, 2), np.float32), 1)
+    state = jax.jit(lambda k: init_state(k, model, tx, np.zeros((1, 2), np.float32), 1))(
+        jax.random.key(0))
     x = GAUSS.sample(jax.random.key(2), 16)
     step = jax.jit(lambda s, b, k: training.train_step(
         s, b, k, apply_fn=model.apply, tx=tx, objective="half_speed", time_cfg=c.time,

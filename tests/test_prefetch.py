@@ -75,6 +75,7 @@ def _config(**overrides):
   return c
 
 
+@pytest.mark.slow  # four runs end to end; the SIGTERM test below resumes with batches ahead
 def test_run_and_resume_are_the_same_with_and_without_prefetch(tmp_path):
   ahead = training.train(_config(**{"train.prefetch": 3}), str(tmp_path / "ahead"))
   inline = training.train(_config(**{"train.prefetch": 0}), str(tmp_path / "inline"))

@@ -135,6 +135,7 @@ def _far_config(path, standardize, workdir):
   return c
 
 
+@pytest.mark.slow  # 60 training steps end to end; the statistics and scoring are tested fast
 def test_trained_run_round_trip(tmp_path):
   """Training sees standardised x; samples come back in data space. Measured at 60 steps:
   1-NFE samples' mean within 0.02 std of the data's, std ratio 0.9 to 1.3; without

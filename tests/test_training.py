@@ -208,8 +208,10 @@ def digits_config(**overrides):
   return override(c, overrides)
 
 
-@pytest.mark.parametrize("objective", [
-    "meanflow", pytest.param("flow_matching", marks=pytest.mark.slow)])
+# End to end (a DiT run twice and resumed): exact resume is tested fast on the toy run
+# (test_resume_is_exact), labels reaching the network in test_image_models.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["meanflow", "flow_matching"])
 def test_conditional_image_run_resumes_exactly_and_samples_classes(tmp_path, objective):
   straight = training.train(digits_config(objective=objective), str(tmp_path / "a"))
   training.train(digits_config(objective=objective, **{"train.steps": 10}), str(tmp_path / "b"))
@@ -239,9 +241,11 @@ def test_guided_target_uses_the_null_class_and_the_interval():
   c = digits_config(**{"loss.p": 0.0})  # p = 1 would map every loss to about 1
   model = training.build_model(c)
   tx = training.make_optimizer(c.optimizer, c.train.steps)
-  state = init_state(jax.random.key(0), model, tx, np.zeros((1, 8, 8, 1), np.float32), 1)
+  state = jax.jit(lambda k: init_state(k, model, tx, np.zeros((1, 8, 8, 1), np.float32), 1))(
+      jax.random.key(0))
   # A non-zero head, so u(z, t, t | y) differs between classes.
-  state = state.replace(params=jax.tree.map(lambda p: p + 0.05, state.params))
+  state = state.replace(params=jax.jit(lambda ps: jax.tree.map(lambda p: p + 0.05, ps))(
+      state.params))
   x, y = loop.make_source(c).batch(0)
 
   def step(**g):

@@ -364,6 +364,7 @@ def test_cli_points_from_a_text_file(tmp_path):
   assert "pickled" not in proc.stderr
 
 
+@pytest.mark.slow  # three CLI runs; the refusal itself is tested in process above
 def test_cli_resume_with_another_seed_names_the_flag(tmp_path):
   work = str(tmp_path / "w")
   args = ["--config", "configs/toy.py", "--workdir", work, *TINY_FLAGS]

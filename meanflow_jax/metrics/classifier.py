@@ -136,7 +136,8 @@ def load_or_train(images, labels, num_classes, *, cache_dir=None, seed=0):
   digest = hashlib.sha1(images.tobytes() + labels.tobytes() + str(seed).encode()).hexdigest()[:16]
   cache_dir = cache_dir or default_cache_dir()
   path = os.path.join(cache_dir, f"classifier-{digest}.msgpack")
-  template = CNN(num_classes).init(jax.random.key(0), images[:1])
+  # Shapes only: an eager init compiles one program per parameter shape (seconds on CPU).
+  template = jax.eval_shape(CNN(num_classes).init, jax.random.key(0), images[:1])
   if os.path.exists(path) and os.path.exists(path + ".json"):
     with open(path, "rb") as f:
       params = flax.serialization.from_bytes(template, f.read())

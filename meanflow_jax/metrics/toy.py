@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def transport_error(samples, reference, scale):
@@ -92,8 +93,12 @@ def _unit_directions(key, dim, num):
 
 
 def _sliced(theta, a, b):
-  pa, pb = jnp.sort(a @ theta, axis=0), jnp.sort(b @ theta, axis=0)
-  return jnp.sqrt(jnp.mean((pa - pb) ** 2))
+  """The sliced distance of `a` and `b` `[N, D]` along the columns of `theta`, in float64
+  on the host: XLA's CPU sort of the `[N, P]` projections took 3 s where numpy's takes 0.15."""
+  theta = np.asarray(theta, np.float64)
+  pa = np.sort(np.asarray(a, np.float64) @ theta, axis=0)
+  pb = np.sort(np.asarray(b, np.float64) @ theta, axis=0)
+  return float(np.sqrt(np.mean((pa - pb) ** 2)))
 
 
 def toy_report(mixture, samples, exact, reference):
@@ -108,17 +113,23 @@ def toy_report(mixture, samples, exact, reference):
     mean_log_density, sliced_w2 (against fresh data), and the same figures for
     the exact map itself as `exact_*` where they apply.
   """
-  return {k: float(v) for k, v in _report(mixture, samples, exact, reference).items()}
+  report = {k: float(v) for k, v in _report(mixture, samples, exact, reference).items()}
+  report["sliced_w2"] = _sliced(reference.projections, samples, reference.data)
+  return {k: report[k] for k in _REPORT_KEYS}
+
+
+_REPORT_KEYS = ("transport_rms", "low_density_frac", "mode_tv", "mean_log_density", "sliced_w2",
+                "exact_low_density_frac", "exact_mode_tv")
 
 
 @jax.jit
 def _report(mixture, samples, exact, reference):
+  """The report's figures but the sliced distance (sorted on the host, `_sliced`)."""
   return {
       "transport_rms": transport_error(samples, exact, mixture.scale()),
       "low_density_frac": low_density_fraction(mixture, samples, reference.threshold),
       "mode_tv": mode_tv(mixture, samples),
       "mean_log_density": mean_log_density(mixture, samples),
-      "sliced_w2": _sliced(reference.projections, samples, reference.data),
       "exact_low_density_frac": low_density_fraction(mixture, exact, reference.threshold),
       "exact_mode_tv": mode_tv(mixture, exact),
   }
