@@ -135,19 +135,30 @@ def evaluate_toy(workdir, nfes, *, num=10_000, seed=0, params=None, method=None,
   return ToyEvaluation(rows, samples, np.asarray(scorer.exact), mixture)
 
 
-def one_step_slopes(workdir, num=1000, seed=0, mixture=None, flow_steps=256, params=None):
-  """How steep a run's 1-NFE map is against the exact map it learns, at the same noise.
+class OneStepSlopes(NamedTuple):
+  exact: np.ndarray        # [num] the exact map's slope at each noise point, over the data's scale
+  model: np.ndarray        # [num] the run's 1-NFE map's slope at the same noise
+  off_support: np.ndarray  # bool [num]: the 1-NFE sample of that noise lies below the
+                           # data's 1 % log-density level (`low_density_frac`'s test)
 
-  Both are `toy.map_slopes` in data space over the data's scale: the largest singular
-  value of d x / d eps at `num` noise points drawn with key `seed`. Where the exact map
-  needs slopes far beyond the network's, the network's map is smoother and leaves mass
-  between the modes (the one-step obstruction).
+
+def one_step_slopes(workdir, num=1000, seed=0, mixture=None, flow_steps=256, params=None):
+  """How steep a run's 1-NFE map is against the exact map it learns, at the same noise,
+  and which of its samples land off the support.
+
+  Slopes are `toy.map_slopes` in data space over the data's scale: the largest singular
+  value of d x / d eps at `num` noise points. Where the exact map needs slopes far beyond
+  the network's, the network's map is smoother and leaves mass between the modes (the
+  one-step obstruction); `toy.steep_share(exact, off_support)` says whether the samples
+  off the support come from that noise. The noise and the density level are those of
+  `evaluate_toy(workdir, [1], num=num, seed=seed)`, so `off_support.mean()` is its 1-NFE
+  `low_density_frac`.
 
   Args:
     mixture: as in `evaluate_toy` (needed for a points run).
 
   Returns:
-    (exact slopes `[num]`, model slopes `[num]`), numpy.
+    a `OneStepSlopes` of numpy arrays.
   """
   run = inference.load_run(workdir, params=params)
   config = run.config
@@ -155,14 +166,17 @@ def one_step_slopes(workdir, num=1000, seed=0, mixture=None, flow_steps=256, par
   stats = run.data_stats
   target = mixture if stats is None else mixture.standardized(stats.mean, stats.std)
   back = (lambda x: x) if stats is None else stats.invert
-  eps = run.prior.sample(jax.random.key(seed), num, (mixture.dim,))
+  key_noise, key_reference = jax.random.split(jax.random.key(seed))  # as ToyScorer's
+  eps = run.prior.sample(key_noise, num, (mixture.dim,))
+  threshold = toy.make_reference(mixture, key_reference, num).threshold
   exact_map = lambda e: back(target.flow_map(e, 1.0, 0.0, flow_steps))
   model_map = lambda e: back(inference.draw(config.objective, run.model, config.sample.method,
                                             run.params, e, 1, None))
   scale = float(mixture.scale())
   exact = jax.jit(lambda e: toy.map_slopes(exact_map, e))(eps)
   model = jax.jit(lambda e: toy.map_slopes(model_map, e))(eps)
-  return np.asarray(exact) / scale, np.asarray(model) / scale
+  off = jax.jit(lambda e: mixture.log_prob(model_map(e)) < threshold)(eps)
+  return OneStepSlopes(np.asarray(exact) / scale, np.asarray(model) / scale, np.asarray(off))
 
 
 class ImageEvaluation(NamedTuple):

@@ -15,7 +15,12 @@ Each run is scored exactly against the mixture it was drawn from (`evaluate.eval
 with mixture=...): transport error against the exact probability-flow map of the same noise
 (of the standardised mixture, for a run that standardised) over the mixture's scale, mode
 TV, the fraction of samples below the data's 1 % log-density level; and the same figures
-for the exact map itself (the floor of each metric: `exact_*`). Writes OUT/LABEL.json (its
+for the exact map itself (the floor of each metric: `exact_*`). With --slopes, at that many
+noise points: the 99th percentile of the exact and the 1-NFE map's stretch, and where the
+1-NFE samples off the support come from: `off_steep_share` (the share of them whose noise
+is among the exact map's steepest, `metrics.toy.steep_share`: 1 if all of it, about the
+off-support fraction if unrelated) and `off_slope_ratio` (the exact map's median slope at
+their noise over its median at all noise). Writes OUT/LABEL.json (its
 rows), OUT/table.md (every label found in OUT, per split) and OUT/samples.png (1-NFE samples
 of each label on the 2-D mixtures, in units of the mixture's scale around its mean).
 """
@@ -31,6 +36,7 @@ from ml_collections import config_flags
 from meanflow_jax import cli, evaluate, plotting, training
 from meanflow_jax.data import points
 from meanflow_jax.errors import ConfigError
+from meanflow_jax.metrics import toy
 
 _TOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "toy.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _TOY, "Config of every run.",
@@ -48,11 +54,12 @@ _NUM = flags.DEFINE_integer("num", 20_000, "Samples per evaluation.")
 _NFE = flags.DEFINE_list("nfe", ["1", "2"], "NFE values scored.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the points and of the evaluation noise.")
 _SLOPES = flags.DEFINE_integer("slopes", 1000, "Noise points at which the 1-NFE map's and the "
-                               "exact map's slopes are measured (0: not measured).")
+                               "exact map's slopes and the off-support samples' origin are measured "
+                               "(0: not measured).")
 
 COLUMNS = ["mixture", "dim", "modes", "scale", "config", "nfe", "transport_rms", "mode_tv",
            "low_density_frac", "exact_mode_tv", "exact_low_density_frac", "slope_exact_p99",
-           "slope_model_p99", "train_s"]
+           "slope_model_p99", "off_steep_share", "off_slope_ratio", "train_s"]
 
 
 def run_config(base, name, path, steps):
@@ -104,10 +111,13 @@ def study(name, base, label):
             "config": label, "train_s": evaluate.training_seconds(workdir),
             "standardize": bool(config.data.standardize)}
   if _SLOPES.value:
-    exact, model = evaluate.one_step_slopes(workdir, _SLOPES.value, _SEED.value,
-                                            None if name == "ring8" else mixture)
-    shared.update(slope_exact_p99=float(np.quantile(exact, 0.99)),
-                  slope_model_p99=float(np.quantile(model, 0.99)))
+    s = evaluate.one_step_slopes(workdir, _SLOPES.value, _SEED.value,
+                                 None if name == "ring8" else mixture)
+    shared.update(slope_exact_p99=float(np.quantile(s.exact, 0.99)),
+                  slope_model_p99=float(np.quantile(s.model, 0.99)),
+                  off_steep_share=toy.steep_share(s.exact, s.off_support),
+                  off_slope_ratio=float(np.median(s.exact[s.off_support]) / np.median(s.exact))
+                  if s.off_support.any() else float("nan"))
   rows = [dict(shared, **r) for r in ev.rows]
   return rows, mixture, ev.samples, np.asarray(mixture.sample(key_data, 4000)[0])
 

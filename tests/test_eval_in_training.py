@@ -9,7 +9,7 @@ import pytest
 
 from meanflow_jax import evaluate, training
 from meanflow_jax.errors import ConfigError
-from meanflow_jax.metrics import frechet
+from meanflow_jax.metrics import frechet, toy
 from meanflow_jax.training import inference, validate
 from configs import default
 from tests.test_training import override, tiny_config
@@ -187,6 +187,32 @@ def test_toy_metrics_do_not_depend_on_the_batch_size(evaluated_run):
   b = evaluate.evaluate_toy(evaluated_run, [1], num=300, batch=64)
   for m in ("transport_rms", "low_density_frac", "mode_tv", "sliced_w2"):
     assert a.rows[0][m] == pytest.approx(b.rows[0][m], rel=1e-5, abs=1e-7)
+
+
+def test_steep_share_exact_cases():
+  slopes = np.array([0.5, 3.0, 1.0, 9.0, 2.0, 7.0])
+  top2, other = np.zeros(6, bool), np.zeros(6, bool)
+  top2[[3, 5]] = True            # the two steepest
+  other[[0, 3]] = True           # the steepest and the flattest
+  assert toy.steep_share(slopes, top2) == 1.0
+  assert toy.steep_share(slopes, other) == 0.5
+  assert toy.steep_share(slopes, ~top2) == 0.5   # 4 flagged; the steepest 4 (9, 7, 3, 2) hold two
+  assert np.isnan(toy.steep_share(slopes, np.zeros(6, bool)))
+  with pytest.raises(ValueError, match="equal"):
+    toy.steep_share(slopes, top2[:5])
+
+
+def test_one_step_slopes_use_evaluate_toys_noise_and_density_level(evaluated_run):
+  """`off_support` is the 1-NFE low-density test of `evaluate_toy` at the same num and
+  seed, sample by sample; the slopes are finite and positive."""
+  s = evaluate.one_step_slopes(evaluated_run, num=300, seed=0, flow_steps=64)
+  ev = evaluate.evaluate_toy(evaluated_run, [1], num=300, seed=0, flow_steps=64)
+  off = np.asarray(ev.mixture.log_prob(ev.samples[1]) < toy.make_reference(
+      ev.mixture, jax.random.split(jax.random.key(0))[1], 300).threshold)
+  assert s.off_support.shape == (300,) and s.off_support.any()
+  np.testing.assert_array_equal(s.off_support, off)
+  assert s.off_support.mean() == pytest.approx(ev.rows[0]["low_density_frac"], abs=1e-7)
+  assert np.all(np.isfinite(s.exact)) and np.all(s.exact > 0) and np.all(s.model > 0)
 
 
 @pytest.mark.slow  # two image evaluations of a trained DiT with the digits classifier

@@ -69,6 +69,29 @@ def map_slopes(map_fn, eps):
   return jnp.linalg.norm(jac, ord=2, axis=(-2, -1))
 
 
+def steep_share(slopes, flagged):
+  """The share of the flagged points that lie among the k = flagged.sum() steepest points.
+
+  With `slopes` the exact one-step map's slope at each noise point and `flagged` the
+  noise whose model sample fell off the support: 1 when every such sample comes from the
+  noise the exact map stretches most (where a smoother map must leave mass between the
+  modes, the one-step obstruction), about k / N when where they come from has nothing to
+  do with the stretch. NaN when nothing is flagged.
+
+  Args:
+    slopes: `[N]`; flagged: bool `[N]`.
+  """
+  slopes, flagged = np.asarray(slopes), np.asarray(flagged, bool)
+  if slopes.shape != flagged.shape or slopes.ndim != 1:
+    raise ValueError(f"slopes and flagged must be equal [N]; got {slopes.shape} and "
+                     f"{flagged.shape}.")
+  k = int(flagged.sum())
+  if k == 0:
+    return float("nan")
+  steepest = np.argsort(-slopes, kind="stable")[:k]
+  return float(flagged[steepest].sum() / k)
+
+
 class Reference(NamedTuple):
   """What every report on one mixture shares: computed once, reused for each model."""
   threshold: jax.Array   # low-density log-density level
