@@ -166,9 +166,9 @@ def one_step_slopes(workdir, num=1000, seed=0, mixture=None, flow_steps=256, par
   stats = run.data_stats
   target = mixture if stats is None else mixture.standardized(stats.mean, stats.std)
   back = (lambda x: x) if stats is None else stats.invert
-  key_noise, key_reference = jax.random.split(jax.random.key(seed))  # as ToyScorer's
-  eps = run.prior.sample(key_noise, num, (mixture.dim,))
-  threshold = toy.make_reference(mixture, key_reference, num).threshold
+  # evaluate_toy's noise and density level (its exact images, a small cost, are unused)
+  scorer = ToyScorer(mixture, run.prior, stats, num=num, seed=seed, flow_steps=flow_steps)
+  eps, threshold = scorer.eps, scorer.reference.threshold
   exact_map = lambda e: back(target.flow_map(e, 1.0, 0.0, flow_steps))
   model_map = lambda e: back(inference.draw(config.objective, run.model, config.sample.method,
                                             run.params, e, 1, None))
