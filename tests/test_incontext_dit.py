@@ -39,7 +39,11 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   y = jnp.arange(4)
   params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
   apply = jax.jit(lambda p, z, r, t, y, **kw: m.apply(p, z, r, t, y, **kw))
-  u, v = apply(params, z, r, t, y)
+  # Every condition passed explicitly: one compiled program for all the calls below.
+  conditions = lambda omega, t_min=jnp.zeros(4), t_max=jnp.ones(4): dict(
+      omega=omega, t_min=t_min, t_max=t_max)
+  two = jnp.full((4,), 2.0)
+  u, v = apply(params, z, r, t, y, **conditions(two))
   assert u.shape == v.shape == z.shape
   np.testing.assert_array_equal(u, 0.0)  # zero-initialised output layers
   names = set(params["params"])
@@ -48,10 +52,7 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   assert float(jnp.abs(params["params"]["block0"]["attn_gate"]).max()) == 0.0
   # With random output layers, each condition changes u.
   p = compiled.perturb(params, jax.random.key(2), 0.1)
-  # Every condition passed explicitly: one compiled program for all the calls below.
-  full = lambda z, r, t, y, omega, t_min=jnp.zeros(4), t_max=jnp.ones(4): apply(
-      p, z, r, t, y, omega=omega, t_min=t_min, t_max=t_max)[0]
-  two = jnp.full((4,), 2.0)
+  full = lambda z, r, t, y, omega, **kw: apply(p, z, r, t, y, **conditions(omega, **kw))[0]
   base = full(z, r, t, y, two)
   for kw in ({"omega": jnp.full((4,), 4.0)}, {"omega": two, "t_min": t * 0.5},
              {"omega": two, "t_max": t * 0.9}):
@@ -60,9 +61,11 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   # h = t - r, not t: the same gap at another t changes u only through z.
   same_h = full(z, r + 0.1, t + 0.1, y, two)
   np.testing.assert_allclose(same_h, base, rtol=1e-5, atol=1e-6)
+  # Shapes suffice to raise it: traced abstractly, nothing is compiled or run.
+  plain = _small()
   with pytest.raises(ValueError, match="no guidance conditions"):
-    _small().apply(jax.jit(_small().init)(jax.random.key(1), z, r, t, y), z, r, t, y,
-                   omega=jnp.ones((4,)))
+    jax.eval_shape(lambda: plain.apply(plain.init(jax.random.key(1), z, r, t, y), z, r, t, y,
+                                       omega=jnp.ones((4,))))
 
 
 def test_jvp_through_the_network_matches_finite_differences():
