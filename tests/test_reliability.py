@@ -237,7 +237,8 @@ def test_checkpoints_without_checksums_still_load(runs, tmp_path, capsys):
   assert "damaged" not in capsys.readouterr().err
 
 
-def test_checksums_equal_a_numpy_reference_and_see_one_flipped_bit():
+@pytest.mark.parametrize("on_host", [False, True])  # the jitted pass, NumPy for small states
+def test_checksums_equal_a_numpy_reference_and_see_one_flipped_bit(on_host):
   from meanflow_jax.training import checkpoint as ckpt_lib
 
   def reference(x):
@@ -265,20 +266,37 @@ def test_checksums_equal_a_numpy_reference_and_see_one_flipped_bit():
   rng = np.random.default_rng(0)
   tree = {"w": rng.normal(size=(5, 7)).astype(np.float32),
           "b": jnp.asarray(rng.normal(size=(3,)), jnp.bfloat16),
-          "step": np.int32(12345), "empty": np.zeros((0, 4), np.float32)}
-  finite, sums = ckpt_lib.state_checksums(tree)
-  assert all(finite.values()) and set(sums) == {"['w']", "['b']", "['step']", "['empty']"}
+          "step": np.int32(12345), "empty": np.zeros((0, 4), np.float32),
+          "flag": np.array([True, False, True]), "u8": np.arange(5, dtype=np.uint8)}
+  checksums = lambda tree: ckpt_lib.state_checksums(tree, on_host=on_host)
+  finite, sums = checksums(tree)
+  assert all(finite.values()) and set(sums) == {f"['{k}']" for k in tree}
   for k in tree:
-    assert sums[f"['{k}']"] == reference(tree[k]), k
+    want = reference(tree[k].astype(np.uint32) if k in ("flag", "u8") else tree[k])
+    assert sums[f"['{k}']"] == want, k
   flipped = tree["w"].copy()
   flipped.view(np.uint32)[3, 4] ^= 1 << 17
-  assert ckpt_lib.state_checksums(dict(tree, w=flipped))[1]["['w']"] != sums["['w']"]
+  assert checksums(dict(tree, w=flipped))[1]["['w']"] != sums["['w']"]
   moved = tree["w"].copy()
   moved[[0, 1]] = moved[[1, 0]]  # the same values in other places
-  assert ckpt_lib.state_checksums(dict(tree, w=moved))[1]["['w']"] != sums["['w']"]
-  bad = tree["w"].copy()
-  bad[2, 2] = np.inf
-  assert not ckpt_lib.state_checksums(dict(tree, w=bad))[0]["['w']"]
+  assert checksums(dict(tree, w=moved))[1]["['w']"] != sums["['w']"]
+  for v in (np.inf, np.nan):
+    bad = tree["w"].copy()
+    bad[2, 2] = v
+    assert not checksums(dict(tree, w=bad))[0]["['w']"]
+    half = np.asarray(tree["b"]).copy()
+    half[1] = v
+    assert not checksums(dict(tree, b=half))[0]["['b']"]
+
+
+def test_small_states_are_summed_on_the_host_and_others_on_the_device():
+  from meanflow_jax.training import checkpoint as ckpt_lib
+  small = [np.zeros((3, 4), np.float32), jnp.zeros(5, jnp.bfloat16), np.int32(3)]
+  assert ckpt_lib._fits_host(small)
+  assert not ckpt_lib._fits_host(small + [jax.random.key(0)])  # key data: the device's words
+  assert not ckpt_lib._fits_host(small + [np.zeros(2, np.complex64)])
+  big = jax.ShapeDtypeStruct((ckpt_lib.HOST_WORDS + 1,), jnp.float32)
+  assert not ckpt_lib._fits_host(small + [big])
 
 
 # --- a non-finite state is never saved -----------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -191,15 +192,69 @@ def _fingerprint_fn(out_sharding):
       _fingerprint, out_shardings=out_sharding)
 
 
-def state_checksums(tree, out_sharding=None):
+# States of at most this many 32-bit words (64 MiB) are summed on the host: compiling the
+# jitted pass takes 1 to 2 s whatever the size (a reduction per leaf), which is most of
+# what loading a small run costs, while NumPy sums a toy or digits state in milliseconds.
+HOST_WORDS = 1 << 24
+
+
+def _host_sums(x):
+  """NumPy's `_leaf_sums` of a host array whose elements are one word each."""
+  x = np.asarray(x)
+  if x.dtype == np.bool_ or x.dtype.itemsize == 4:
+    u = x.astype(np.uint32) if x.dtype == np.bool_ else x.view(np.uint32)
+  else:  # widened like `_words`
+    u = x.view(np.dtype(f"uint{x.dtype.itemsize * 8}")).astype(np.uint32)
+  index = np.arange(u.size, dtype=np.uint32).reshape(u.shape)  # row-major, mod 2^32
+  with np.errstate(over="ignore"):
+    s1 = np.sum(u * (_np_fmix(index) | np.uint32(1)), dtype=np.uint32)
+    s2 = np.sum(_np_fmix(u ^ _np_fmix(index ^ np.uint32(_K))), dtype=np.uint32)
+  bad = jnp.issubdtype(x.dtype, jnp.floating) and not np.isfinite(x).all()
+  return np.array([s1, s2, bad], np.uint32)
+
+
+def _np_fmix(h):
+  h = h ^ (h >> np.uint32(16))
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> np.uint32(13))
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> np.uint32(16))
+
+
+def _fits_host(leaves):
+  """Whether `_host_sums` applies: one process holding every array whole, elements of
+  one word, and not more than `HOST_WORDS` of them."""
+  if jax.process_count() > 1:
+    return False
+  for x in leaves:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return False
+    # Keys, complex and 64-bit elements (several words each) are left to the device.
+    if not any(jnp.issubdtype(x.dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_)
+               ) or np.dtype(x.dtype).itemsize > 4:
+      return False
+  return sum(int(np.size(x)) for x in leaves) <= HOST_WORDS
+
+
+def state_checksums(tree, out_sharding=None, on_host=None):
   """`({path: finite}, {path: [s1, s2]})` of every leaf of `tree` (see `leaf_checksums`),
-  keyed by `jax.tree_util.keystr` paths, from one jitted pass over the tree.
+  keyed by `jax.tree_util.keystr` paths, from one jitted pass over the tree, or for a
+  small state held by one process (`on_host=None`: `_fits_host`) from NumPy on the
+  host; both give the same numbers.
 
   `out_sharding`: where the few results go; in a multi-process run a replicated
   sharding of the run's mesh, so that every process reads them.
   """
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  finite, sums = jax.device_get(_fingerprint_fn(out_sharding)(tree))
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  paths = [jax.tree_util.keystr(p) for p, _ in flat]
+  leaves = [x for _, x in flat]
+  if on_host is None:
+    on_host = _fits_host(leaves)
+  if on_host:
+    sums = [_host_sums(x) for x in jax.device_get(leaves)]
+    finite, sums = [s[2] == 0 for s in sums], [s[:2] for s in sums]
+  else:
+    finite, sums = jax.device_get(_fingerprint_fn(out_sharding)(tree))
   return ({p: bool(f) for p, f in zip(paths, finite)},
           {p: [int(a), int(b)] for p, (a, b) in zip(paths, sums)})
 
