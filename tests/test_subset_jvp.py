@@ -103,8 +103,11 @@ def test_loss_and_gradients_equal_the_full_jvp(objective, classes, model_name):
   unbound = lambda z, r, t, cc: call(params, z, r, t, cc)
   kw = dict(t=t, r=r, y=y if classes else None, is_null=is_null, guidance_cfg=c.guidance,
             imf_cfg=c.imf, num_classes=10 if classes else 0)
-  cond_full, v_full = obj.targets(key_target, unbound, x, eps, cond=cond, **kw)
-  cond_sub, v_sub = obj.targets(key_target, unbound, x, eps, cond=cond, rows=rows, **kw)
+  # Jitted: run op by op, the network's passes and JVPs took most of the test's time.
+  targets = lambda **split: jax.jit(lambda: obj.targets(key_target, unbound, x, eps, cond=cond,
+                                                        **split, **kw))()
+  cond_full, v_full = targets()
+  cond_sub, v_sub = targets(rows=rows)
 
   def loss(p, subset):
     net = lambda z, r, t, cc=None: call(p, z, r, t, (cond_sub if subset else cond_full)
@@ -113,10 +116,11 @@ def test_loss_and_gradients_equal_the_full_jvp(objective, classes, model_name):
     return obj.loss(net, x, eps, t=t, r=r, v=v_sub if subset else v_full, loss_cfg=c.loss,
                     **extra)
 
-  (l_full, m_full), g_full = jax.jit(jax.value_and_grad(lambda p: loss(p, False), has_aux=True))(
-      params)
-  (l_sub, m_sub), g_sub = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(
-      params)
+  # Two programs compared with each other, each run once: compiled fast.
+  grad = lambda subset: jax.jit(jax.value_and_grad(lambda p: loss(p, subset), has_aux=True),
+                                compiler_options=xla.FAST_OPTIONS)(params)
+  (l_full, m_full), g_full = grad(False)
+  (l_sub, m_sub), g_sub = grad(True)
   assert float(l_full) > 0
   np.testing.assert_allclose(l_sub, l_full, rtol=1e-6)
   np.testing.assert_allclose(m_sub["mse"], m_full["mse"], rtol=1e-6)
@@ -154,7 +158,10 @@ def test_train_step_equals_the_full_jvp_step(kappa):
       step = functools.partial(train_step, apply_fn=model.apply, tx=tx, objective=name,
                                time_cfg=c.time, loss_cfg=c.loss, ema_decays=(0.9,),
                                guidance_cfg=c.guidance, num_classes=10)
-      compiled = jax.jit(step).lower(state, (x, y), jax.random.key(1)).compile()
+      # Compiled fast: two programs compared with each other; the FLOP count is of the HLO
+      # after XLA's passes, which these options leave as they are.
+      compiled = jax.jit(step, compiler_options=xla.FAST_OPTIONS).lower(
+          state, (x, y), jax.random.key(1)).compile()
       _, m = compiled(state, (x, y), jax.random.key(1))
       out[name] = (float(m["loss"]), float(m["grad_norm"]), float(m["frac_r_neq_t"]),
                    compiled.cost_analysis()["flops"])
