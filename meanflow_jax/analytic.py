@@ -188,8 +188,15 @@ class GaussianMixture(NamedTuple):
 
   def log_prob(self, x):
     """log density of the data at x `[B, D]` -> `[B]`."""
-    y, S2, _ = self._frames(x, 0.0)
-    return jax.scipy.special.logsumexp(self._component_logits(y, S2), axis=-1)
+    return _mixture_log_prob(self, x)
+
+
+@jax.jit
+def _mixture_log_prob(mix, x):
+  # One compiled program (the mixture is a pytree argument): called eagerly by the metrics
+  # and plots, op by op it compiled a dozen small programs at every new shape.
+  y, S2, _ = mix._frames(x, 0.0)
+  return jax.scipy.special.logsumexp(mix._component_logits(y, S2), axis=-1)
 
 
 def ring_mixture(num_modes=8, radius=2.0, std=0.2):

@@ -1,5 +1,7 @@
 """iMF's in-context DiT: the paper's parameter counts, the prefix conditions, identity
 blocks at init, and a JVP through it."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,10 @@ import numpy as np
 import pytest
 
 from meanflow_jax import models
-from tests.helpers import compiled
+from tests.helpers import compiled, xla
+
+# Each program runs a few times: compiled without LLVM's optimisation (`xla.FAST_OPTIONS`).
+fast_jit = functools.partial(jax.jit, compiler_options=xla.FAST_OPTIONS)
 
 # REFERENCE.md (32x32x4 latents, 1000 classes): training (u + v heads) / sampling.
 # XL/2 training reads 710,113,760 there; the sampling count, and the v head being the
@@ -37,8 +42,8 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   z = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   t, r = jnp.full((4,), 0.7), jnp.full((4,), 0.2)
   y = jnp.arange(4)
-  params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
-  apply = jax.jit(lambda p, z, r, t, y, **kw: m.apply(p, z, r, t, y, **kw))
+  params = nn.meta.unbox(fast_jit(m.init)(jax.random.key(1), z, r, t, y))
+  apply = fast_jit(lambda p, z, r, t, y, **kw: m.apply(p, z, r, t, y, **kw))
   # Every condition passed explicitly: one compiled program for all the calls below.
   conditions = lambda omega, t_min=jnp.zeros(4), t_max=jnp.ones(4): dict(
       omega=omega, t_min=t_min, t_max=t_max)
@@ -74,10 +79,11 @@ def test_jvp_through_the_network_matches_finite_differences():
   m = _small(guided=True, v_head=True, time_scale=10.0)
   z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
   t, r, y = jnp.array([0.8, 0.6]), jnp.array([0.1, 0.6]), jnp.array([3, 10])
-  params = nn.meta.unbox(jax.jit(m.init)(jax.random.key(1), z, r, t, y))
+  params = nn.meta.unbox(fast_jit(m.init)(jax.random.key(1), z, r, t, y))
   params = compiled.perturb(params, jax.random.key(2), 0.05)
-  f = jax.jit(lambda tt: m.apply(params, z, r, tt, y)[0])
-  _, du = jax.jit(lambda: jax.jvp(f, (t,), (jnp.ones_like(t),)))()
+  u = lambda tt: m.apply(params, z, r, tt, y)[0]
+  f = fast_jit(u)
+  _, du = fast_jit(lambda: jax.jvp(u, (t,), (jnp.ones_like(t),)))()
   h = 1e-3
   fd = (f(t + h) - f(t - h)) / (2 * h)
   np.testing.assert_allclose(du, fd, rtol=2e-2, atol=2e-3)
