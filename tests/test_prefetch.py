@@ -90,6 +90,7 @@ def test_run_and_resume_are_the_same_with_and_without_prefetch(tmp_path):
   assert all(0.0 <= r["data_wait_frac"] <= 1.0 for r in rows)
 
 
+@pytest.mark.slow  # the profiler's start costs seconds; bad profile_steps are refused fast below
 def test_profile_steps_write_a_trace(tmp_path):
   training.train(_config(**{"train.steps": 6, "train.profile_steps": (2, 4)}), str(tmp_path))
   traces = glob.glob(os.path.join(tmp_path, "profile", "plugins", "profile", "*", "*.xplane.pb"))

@@ -348,6 +348,8 @@ def test_the_step_is_traced_once_over_a_run(tmp_path, monkeypatch):
   assert len(traces) == 1
 
 
+@pytest.mark.slow  # a DiT run end to end; the model's bfloat16 computation with float32
+# parameters and output is tested fast in test_image_models.py
 def test_bfloat16_matmuls_keep_float32_parameters(tmp_path):
   state = training.train(digits_config(**{"model.dtype": "bfloat16", "train.steps": 5,
                                           "train.checkpoint_every": 5}), str(tmp_path))

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -270,10 +271,20 @@ def tiny(**values):
   return override(c, values)
 
 
+@pytest.fixture(scope="module")
+def five_steps(tmp_path_factory):
+  """A run of 5 steps, trained once; each test resumes a copy of it."""
+  work = tmp_path_factory.mktemp("five")
+  training.train(tiny(**{"train.steps": 5}), str(work))
+  return work
+
+
 @pytest.mark.parametrize("key,value", [("seed", 1), ("data.mixture", "gaussian"),
                                        ("loss.p", 0.5), ("optimizer.lr", 1e-3)])
-def test_a_resume_that_changes_what_the_run_is_is_refused_unless_asked(tmp_path, key, value):
-  training.train(tiny(**{"train.steps": 5}), str(tmp_path))
+def test_a_resume_that_changes_what_the_run_is_is_refused_unless_asked(five_steps, tmp_path,
+                                                                        key, value):
+  tmp_path = tmp_path / "run"
+  shutil.copytree(five_steps, tmp_path)
   saved = open(tmp_path / "config.json").read()
   with pytest.raises(CheckpointMismatchError) as info:
     training.train(tiny(**{key: value}), str(tmp_path))
@@ -286,8 +297,9 @@ def test_a_resume_that_changes_what_the_run_is_is_refused_unless_asked(tmp_path,
       key.split(".")[0]]
 
 
-def test_a_resume_may_change_the_length_intervals_and_sampling(tmp_path):
-  training.train(tiny(**{"train.steps": 5}), str(tmp_path))
+def test_a_resume_may_change_the_length_intervals_and_sampling(five_steps, tmp_path):
+  tmp_path = tmp_path / "run"
+  shutil.copytree(five_steps, tmp_path)
   state = training.train(tiny(**{"train.steps": 10, "train.log_every": 2, "train.max_to_keep": 5,
                                  "sample.num_plot": 100, "train.checkpoint_every": 10}),
                          str(tmp_path))
