@@ -72,10 +72,12 @@ def main(argv):
     t = time.perf_counter()
     compiled = jax.jit(fn).lower(state).compile()
     rows.append((name, time.perf_counter() - t, _time(lambda: compiled(state), _REPEATS.value)))
-  host = _time(lambda: checkpoint.state_checksums(state, on_host=True), _REPEATS.value)
-  rows.append(("NumPy on the host (with the copy)", 0.0, host))
-  same = (checkpoint.state_checksums(state, on_host=True)
-          == checkpoint.state_checksums(state, on_host=False))
+  same = "not compared"
+  if words <= 4 * checkpoint.HOST_WORDS:  # NumPy's temporaries are several copies of the state
+    host = _time(lambda: checkpoint.state_checksums(state, on_host=True), _REPEATS.value)
+    rows.append(("NumPy on the host (with the copy)", 0.0, host))
+    same = (checkpoint.state_checksums(state, on_host=True)
+            == checkpoint.state_checksums(state, on_host=False))
   print("| pass | compile s | per call s |\n|---|---|---|")
   for name, c, r in rows:
     print(f"| {name} | {c:.2f} | {r:.3f} |")
