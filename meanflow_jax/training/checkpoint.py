@@ -192,10 +192,13 @@ def _fingerprint_fn(out_sharding):
       _fingerprint, out_shardings=out_sharding)
 
 
-# States of at most this many 32-bit words (64 MiB) are summed on the host: compiling the
+# States of at most this many 32-bit words (32 MiB) are summed on the host: compiling the
 # jitted pass takes 1 to 2 s whatever the size (a reduction per leaf), which is most of
-# what loading a small run costs, while NumPy sums a toy or digits state in milliseconds.
-HOST_WORDS = 1 << 24
+# what loading a small run costs, while NumPy sums a toy or digits state (5M words) in
+# about 35 ms. NumPy's cost grows with the state and is paid at every save (0.76 s at
+# 2^24 words), the compile once per process: past a few saves of a larger state the
+# jitted pass costs less.
+HOST_WORDS = 1 << 23
 
 
 def _host_sums(x):
