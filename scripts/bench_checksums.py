@@ -32,12 +32,7 @@ def _three_reductions(tree):
   """The pass before: s1, s2 and finiteness as separate sums (three loops per leaf)."""
   def leaf(x):
     u = checkpoint._words(x)
-    index = jnp.zeros(u.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(u.ndim)):
-      index = index + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(
-          stride % 2 ** 32)
-      stride *= u.shape[axis]
+    index = checkpoint._row_major_index(u.shape)
     fmix = checkpoint._fmix
     s1 = jnp.sum(u * (fmix(index) | jnp.uint32(1)), dtype=jnp.uint32)
     s2 = jnp.sum(fmix(u ^ fmix(index ^ jnp.uint32(checkpoint._K))), dtype=jnp.uint32)

@@ -131,23 +131,24 @@ DIGITS_TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1"
                "--config.train.checkpoint_every=5", "--config.train.steps=5"]
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-  work = tmp_path_factory.mktemp("digits")
-  proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY)
+def _digits_run(tmp_path_factory, name, *flags):
+  work = tmp_path_factory.mktemp(name)
+  proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY,
+             *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return work
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  return _digits_run(tmp_path_factory, "digits")
 
 
 @pytest.fixture(scope="module")
 def digits_fm_run(tmp_path_factory):
   """The same run trained with flow matching, whose step (no JVP) compiles in less time:
   for the checks of sample.py's input, which do not depend on the objective."""
-  work = tmp_path_factory.mktemp("digits_fm")
-  proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY,
-             "--config.objective=flow_matching")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return work
+  return _digits_run(tmp_path_factory, "digits_fm", "--config.objective=flow_matching")
 
 
 @pytest.mark.slow  # three sample.py runs of a DiT; labels reaching the network are tested fast

@@ -116,12 +116,25 @@ _K = 0x9E3779B9  # any odd constant: keeps s2's index hash apart from s1's weigh
 
 def _fmix(h):
   """MurmurHash3's 32-bit finaliser: a bijection of uint32 in which each input bit
-  flips about half the output bits."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
+  flips about half the output bits. For jax and NumPy uint32 arrays alike (NumPy's
+  products wrap mod 2^32 as XLA's do)."""
+  h = h ^ (h >> np.uint32(16))
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> np.uint32(13))
+  h = h * np.uint32(0xC2B2AE35)
+  return h ^ (h >> np.uint32(16))
+
+
+def _row_major_index(shape):
+  """uint32 `shape`: each element's row-major position mod 2^32, built per axis (a
+  reshape of an iota would regather a sharded array's shards)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(
+        stride % 2 ** 32)
+    stride *= shape[axis]
+  return index
 
 
 def _words(x):
@@ -154,12 +167,7 @@ def _leaf_sums(x):
   words: 0.28 s against 2.76 s a call on CPU, `scripts/bench_checksums.py`).
   """
   u = _words(x)
-  index = jnp.zeros(u.shape, jnp.uint32)  # built per axis: a reshape would regather shards
-  stride = 1
-  for axis in reversed(range(u.ndim)):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis) * jnp.uint32(
-        stride % 2 ** 32)
-    stride *= u.shape[axis]
+  index = _row_major_index(u.shape)
   w1 = u * (_fmix(index) | jnp.uint32(1))
   w2 = _fmix(u ^ _fmix(index ^ jnp.uint32(_K)))
   if jnp.issubdtype(x.dtype, jnp.inexact):
@@ -210,18 +218,10 @@ def _host_sums(x):
     u = x.view(np.dtype(f"uint{x.dtype.itemsize * 8}")).astype(np.uint32)
   index = np.arange(u.size, dtype=np.uint32).reshape(u.shape)  # row-major, mod 2^32
   with np.errstate(over="ignore"):
-    s1 = np.sum(u * (_np_fmix(index) | np.uint32(1)), dtype=np.uint32)
-    s2 = np.sum(_np_fmix(u ^ _np_fmix(index ^ np.uint32(_K))), dtype=np.uint32)
+    s1 = np.sum(u * (_fmix(index) | np.uint32(1)), dtype=np.uint32)
+    s2 = np.sum(_fmix(u ^ _fmix(index ^ np.uint32(_K))), dtype=np.uint32)
   bad = jnp.issubdtype(x.dtype, jnp.floating) and not np.isfinite(x).all()
   return np.array([s1, s2, bad], np.uint32)
-
-
-def _np_fmix(h):
-  h = h ^ (h >> np.uint32(16))
-  h = h * np.uint32(0x85EBCA6B)
-  h = h ^ (h >> np.uint32(13))
-  h = h * np.uint32(0xC2B2AE35)
-  return h ^ (h >> np.uint32(16))
 
 
 def _fits_host(leaves):
