@@ -15,8 +15,13 @@ from meanflow_jax.metrics import toy
 from meanflow_jax.training import actions, checkpoint, inference, loop
 from tests.test_training import tiny_config
 
-ROTATED = points.random_mixture(jax.random.key(0), dim=3, num_modes=4, scale=2.0,
-                                offset=(1.0, -2.0, 0.5), anisotropy=5.0, mode_std=0.4)
+
+@pytest.fixture(scope="module")
+def rotated():
+  """A 3-D mixture of rotated anisotropic modes (drawn when a test asks, not when the
+  module is collected: each worker collects every module)."""
+  return points.random_mixture(jax.random.key(0), dim=3, num_modes=4, scale=2.0,
+                               offset=(1.0, -2.0, 0.5), anisotropy=5.0, mode_std=0.4)
 
 
 def test_points_statistics_equal_numpy(tmp_path):
@@ -42,14 +47,14 @@ def test_points_statistics_equal_numpy(tmp_path):
   np.testing.assert_array_equal(back.std, stats.std)
 
 
-def test_mixture_exact_moments():
+def test_mixture_exact_moments(rotated):
   mean, var = analytic.ring_mixture(num_modes=8, radius=2.0, std=0.2).moments()
   np.testing.assert_allclose(mean, [0.0, 0.0], atol=1e-6)
   np.testing.assert_allclose(var, [2.0 ** 2 / 2 + 0.2 ** 2] * 2, rtol=1e-6)
   mean, var = points.two_modes(dim=3, separation=4.0, std=0.25).moments()
   np.testing.assert_allclose(var, [2.0 ** 2 + 0.25 ** 2, 0.25 ** 2, 0.25 ** 2], rtol=1e-6)
-  stats = points.mixture_standardization(ROTATED)
-  x, _ = ROTATED.sample(jax.random.key(1), 400_000)
+  stats = points.mixture_standardization(rotated)
+  x, _ = rotated.sample(jax.random.key(1), 400_000)
   np.testing.assert_allclose(stats.mean, np.asarray(x).mean(0), atol=0.01)
   np.testing.assert_allclose(stats.std, np.asarray(x).std(0), rtol=0.01)
   # The source of a built-in mixture standardises with the exact moments.
@@ -57,13 +62,13 @@ def test_mixture_exact_moments():
   np.testing.assert_allclose(source.stats.std, [np.sqrt(2.04)] * 2, rtol=1e-6)
 
 
-def test_standardized_mixture_is_the_law_of_standardized_points():
+def test_standardized_mixture_is_the_law_of_standardized_points(rotated):
   """Change of variables, exactly: p'(apply(x)) = p(x) prod(std), and moments (0, 1)."""
-  stats = points.mixture_standardization(ROTATED)
-  st = ROTATED.standardized(stats.mean, stats.std)
-  x, _ = ROTATED.sample(jax.random.key(2), 256)
+  stats = points.mixture_standardization(rotated)
+  st = rotated.standardized(stats.mean, stats.std)
+  x, _ = rotated.sample(jax.random.key(2), 256)
   np.testing.assert_allclose(st.log_prob(stats.apply(x)),
-                             ROTATED.log_prob(x) + np.log(stats.std).sum(), rtol=1e-5, atol=1e-4)
+                             rotated.log_prob(x) + np.log(stats.std).sum(), rtol=1e-5, atol=1e-4)
   mean, var = st.moments()
   np.testing.assert_allclose(mean, 0.0, atol=1e-5)
   np.testing.assert_allclose(var, 1.0, rtol=1e-5)
@@ -75,21 +80,21 @@ def test_standardized_mixture_is_the_law_of_standardized_points():
                              ring.log_prob(x[:, :2]) + np.log(2.0 * 0.5), rtol=1e-5, atol=1e-4)
 
 
-def test_anisotropic_velocity_is_the_posterior_mean_and_the_flow_reaches_the_data():
+def test_anisotropic_velocity_is_the_posterior_mean_and_the_flow_reaches_the_data(rotated):
   # v(z, t) = E[eps - x | z_t = z], by self-normalised importance sampling.
   t, z = 0.6, jnp.array([[0.5, -1.5, 0.2]])
-  x, _ = ROTATED.sample(jax.random.key(3), 400_000)
+  x, _ = rotated.sample(jax.random.key(3), 400_000)
   eps = (z - (1 - t) * x) / t
   w = jax.nn.softmax(-0.5 * jnp.sum(eps ** 2, -1))
-  np.testing.assert_allclose(ROTATED.velocity(z, t)[0], jnp.sum(w[:, None] * (eps - x), 0),
+  np.testing.assert_allclose(rotated.velocity(z, t)[0], jnp.sum(w[:, None] * (eps - x), 0),
                              atol=0.02)
   # The exact flow carries N(0, I) to the mixture: its moments and its log-density.
   noise = jax.random.normal(jax.random.key(4), (20_000, 3))
-  flowed = jax.jit(lambda e: ROTATED.flow_map(e, 1.0, 0.0, 128))(noise)
-  mean, var = ROTATED.moments()
+  flowed = jax.jit(lambda e: rotated.flow_map(e, 1.0, 0.0, 128))(noise)
+  mean, var = rotated.moments()
   np.testing.assert_allclose(flowed.mean(0), mean, atol=0.03)
   np.testing.assert_allclose(flowed.var(0), var, rtol=0.05)
-  assert abs(float(ROTATED.log_prob(flowed).mean() - ROTATED.log_prob(x[:20_000]).mean())) < 0.05
+  assert abs(float(rotated.log_prob(flowed).mean() - rotated.log_prob(x[:20_000]).mean())) < 0.05
 
 
 def test_random_mixture_family():

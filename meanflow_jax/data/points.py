@@ -1,5 +1,6 @@
 """Vector data `[N, D]`: the built-in mixtures, a family of random mixtures, user arrays
 in `.npy` files, and the per-dimension standardisation a vector run trains in."""
+import functools
 import os
 from typing import NamedTuple
 
@@ -239,22 +240,29 @@ class PointSource:
       self.points = None
       self.mixture = mixture(mixture_name, **(mixture_params or {}))
       self.stats = mixture_standardization(self.mixture) if standardize else None
-    self._batch = jax.jit(self._make_batch)
 
   @property
   def dim(self):
     return self.points.shape[1] if self.points is not None else self.mixture.dim
 
-  def _make_batch(self, data, step):
-    key = jax.random.fold_in(self.key, step)
-    index = jnp.arange(self.batch_size)
-    if data is None:
-      x = jax.vmap(lambda i: _sample_mixture(self.mixture, key, i))(index)
-    else:
-      pick = lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, data.shape[0])
-      x = data[jax.vmap(pick)(index)]
-    return x if self.stats is None else self.stats.apply(x)
-
   def batch(self, step):
     """The batch of training step `step`, `[B, D]`."""
-    return self._batch(self.points, jnp.asarray(step, jnp.uint32))
+    return _point_batch(self.batch_size, self.key, jnp.asarray(step, jnp.uint32), self.points,
+                        self.mixture, self.stats)
+
+
+# One program per batch size and data layout for every source of a process, the data
+# passed as arguments: a jit per source recompiled at every run started in one process
+# (a second for each train() call of a sweep or a test).
+@functools.partial(jax.jit, static_argnums=0)
+def _point_batch(batch_size, key, step, data, mix, stats):
+  """Rows `fold_in(fold_in(key, step), i)`, i < batch_size, of `data` `[N, D]` (or
+  samples of the mixture `mix` when `data` is None), standardised by `stats` if given."""
+  key = jax.random.fold_in(key, step)
+  index = jnp.arange(batch_size)
+  if data is None:
+    x = jax.vmap(lambda i: _sample_mixture(mix, key, i))(index)
+  else:
+    pick = lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, data.shape[0])
+    x = data[jax.vmap(pick)(index)]
+  return x if stats is None else stats.apply(x)

@@ -19,6 +19,8 @@ u(eps, 0, 1) lands from the ODE's endpoint.
 
 ||.||^2 sums over every non-batch axis; expectations are means over the batch.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -253,11 +255,17 @@ def moment_matched_noise(key, n, shape):
   if n <= d:
     raise ValueError(f"moment matching needs more samples than dimensions; got n={n}, "
                      f"shape={tuple(shape)} ({d} dims).")
+  return _whitened_normal(key, n, d).reshape((n,) + tuple(shape))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _whitened_normal(key, n, d):
+  """`[n, d]` normal draws with sample mean 0 and sample covariance I: one program
+  (eagerly, its dozen ops took a second of compiling)."""
   a = jax.random.normal(key, (n, d))
   a = a - jnp.mean(a, 0)
   cov = a.T @ a / n
   # Symmetric inverse square root, so the draws stay as close to the originals as
   # possible (they still look Gaussian in a scatter plot).
   evals, evecs = jnp.linalg.eigh(cov)
-  a = a @ (evecs / jnp.sqrt(evals)) @ evecs.T
-  return a.reshape((n,) + tuple(shape))
+  return a @ (evecs / jnp.sqrt(evals)) @ evecs.T
