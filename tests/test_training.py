@@ -13,7 +13,7 @@ from configs import default
 from meanflow_jax import sampling, training
 from meanflow_jax.data import PointSource
 from meanflow_jax.errors import CheckpointMismatchError, ConfigError, Interrupted, NonFiniteError
-from meanflow_jax.training import builders, loop
+from meanflow_jax.training import builders
 from meanflow_jax.training.train_state import init_state
 from tests.helpers import compiled, xla
 
