@@ -125,23 +125,22 @@ def test_evaluate_writes_json_and_png(trained):
   assert (trained / "eval.png").stat().st_size > 1000
 
 
-DIGITS_TINY = ["--config.model.dit.hidden_size=32", "--config.model.dit.depth=1",
-               "--config.model.dit.num_heads=2", "--config.model.dit.patch_size=4",
-               "--config.train.batch_size=16", "--config.train.log_every=5",
-               "--config.train.checkpoint_every=5", "--config.train.steps=5"]
+DIGITS_TINY_VALUES = {"model.dit.hidden_size": 32, "model.dit.depth": 1,
+                      "model.dit.num_heads": 2, "model.dit.patch_size": 4,
+                      "train.batch_size": 16, "train.log_every": 5,
+                      "train.checkpoint_every": 5, "train.steps": 5}
+DIGITS_TINY = [f"--config.{k}={v}" for k, v in DIGITS_TINY_VALUES.items()]  # as flags
 
 
 def _digits_run(tmp_path_factory, name, **overrides):
-  """A 5-step run of `configs/digits.py` with DIGITS_TINY and `overrides`, trained in this
-  process (what train.py runs, without a process's imports): the scripts under test
-  only read it."""
+  """A 5-step run of `configs/digits.py` with DIGITS_TINY_VALUES and `overrides`, trained
+  in this process (what train.py runs, without a process's imports): the scripts under
+  test only read it."""
   from configs import digits
   from meanflow_jax import training
   from tests.test_training import override
   work = tmp_path_factory.mktemp(name)
-  flags = dict(a[len("--config."):].split("=", 1) for a in DIGITS_TINY)
-  training.train(override(digits.get_config(), {k: int(v) for k, v in flags.items()} |
-                          overrides), str(work))
+  training.train(override(digits.get_config(), DIGITS_TINY_VALUES | overrides), str(work))
   return work
 
 
