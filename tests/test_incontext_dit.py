@@ -33,7 +33,7 @@ def test_parameter_counts_within_one_percent_of_the_paper(variant):
 
 
 def _small(**kw):
-  return models.build("imf_dit", patch_size=2, hidden_size=32, depth=3, num_heads=2,
+  return models.build("imf_dit", patch_size=2, hidden_size=32, depth=2, num_heads=2,
                       head_depth=1, num_classes=10, **kw)
 
 
@@ -53,7 +53,7 @@ def test_prefix_conditions_reach_the_output_and_blocks_start_as_identity():
   np.testing.assert_array_equal(u, 0.0)  # zero-initialised output layers
   names = set(params["params"])
   assert {"y_tokens", "omega_tokens", "tmin_tokens", "tmax_tokens", "h_tokens",
-          "block0", "block1", "u_block0", "v_block0", "final", "final_v"} <= names
+          "block0", "u_block0", "v_block0", "final", "final_v"} <= names
   assert float(jnp.abs(params["params"]["block0"]["attn_gate"]).max()) == 0.0
   # With random output layers, each condition changes u.
   p = compiled.perturb(params, jax.random.key(2), 0.1)

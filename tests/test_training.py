@@ -75,6 +75,11 @@ def test_resume_is_exact(tmp_path):
   assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
 
 
+# Slow: flow matching's loss is exact against a closed form fast (test_objectives.py), its
+# sampler against the exact field (test_objective_registry.py), and its runs train fast
+# (test_train_writes_logs_and_checkpoints[flow_matching], test_reflow.py's run); this is
+# 300 steps of learning.
+@pytest.mark.slow
 def test_flow_matching_loss_decreases_on_the_mixture(tmp_path):
   # The MeanFlow loss is not a fixed regression target (u_tgt moves with the network),
   # so its value need not fall; its quality is tested against the exact map instead.
