@@ -123,6 +123,8 @@ def get_config():
   c.imf = ml_collections.ConfigDict()
   c.imf.s_max = 7.0          # omega in [1, 1 + s_max] (the paper: 7)
   c.imf.beta = 1.0           # power law of omega (1: log-uniform, the paper's)
+  c.imf.tangent = "model"    # the JVP's tangent for z: "model" (the network's guided
+                             # velocity, the paper's) or "target" (v~ on eps - x, MeanFlow's)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.p = 1.0             # adaptive weight 1/(err + c)^p; 0 = plain squared error

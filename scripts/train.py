@@ -3,7 +3,7 @@
   python scripts/train.py --config configs/toy.py --workdir runs/toy [--config.KEY=VALUE ...]
 
 Rerunning with the same --workdir resumes from the latest checkpoint; a resume that
-changes what the run is (seed, data, times, loss, guidance, optimiser, prior) is refused
+changes what the run is (seed, data, times, loss, guidance, imf, optimiser, prior) is refused
 unless --allow_resume_change lists the keys, e.g. --allow_resume_change=seed,loss.p.
 
 Several processes (one per host or GPU) run the same command with

@@ -203,6 +203,47 @@ def test_imf_targets_per_sample_against_an_independent_computation():
   np.testing.assert_allclose(vc_u, z + np.asarray(t)[:, None] + 1.0, rtol=1e-5, atol=1e-6)
 
 
+def test_target_tangent_is_v_tilde_and_its_v_term_is_meanflows_loss():
+  """imf.tangent = "target": the tangent is v~ itself (conditional: the guided v~;
+  unconditional: eps - x, with no pass of the network), and then the V term of the loss,
+  ||u + (t - r) du/dt - v~||^2, is MeanFlow's ||u - sg(v~ - (t - r) du/dt)||^2 exactly.
+  The paper's tangent ("model") gives another loss on the same network."""
+  from configs import default
+  from meanflow_jax.objectives import losses
+  obj, k, b = imf.IMF, 10, 64
+  x, eps, _, _ = _batch(jax.random.key(0), b)
+  t = jax.random.uniform(jax.random.key(1), (b,))
+  r = jnp.where(jnp.arange(b) % 2 == 0, t, t * 0.3)
+  cfg = default.get_config()
+  cfg.imf.tangent = "target"
+  y = jnp.arange(b) % k
+  _, (tangent, v_tilde) = obj.targets(jax.random.key(2), _closed_form_net, x, eps, t=t, r=r,
+                                      y=y, is_null=jnp.zeros(b, bool), cond={"y": y},
+                                      guidance_cfg=cfg.guidance, imf_cfg=cfg.imf, num_classes=k)
+  np.testing.assert_array_equal(tangent, v_tilde)
+  assert _rel(v_tilde, eps - x) > 0.01  # guided: v~ is not eps - x
+  calls = []
+  counted = lambda z, r, t, c: calls.append(1) or _closed_form_net(z, r, t, c)
+  _, (tangent_u, vt_u) = obj.targets(jax.random.key(2), counted, x, eps, t=t, r=r, y=None,
+                                     is_null=None, cond={}, guidance_cfg=cfg.guidance,
+                                     imf_cfg=cfg.imf, num_classes=0)
+  assert calls == []
+  np.testing.assert_allclose(tangent_u, eps - x, rtol=1e-6)
+  np.testing.assert_allclose(vt_u, eps - x, rtol=1e-6)
+
+  # A network that is not the exact field: u and v off by smooth terms in z and t.
+  net = lambda z, r, t: (GAUSS.average_velocity(z, r, t) * 1.2 + 0.3 * z * t[:, None],
+                         GAUSS.velocity(z, t) + 0.1)
+  z = paths.interpolate(x, eps, t)
+  v_t = eps - x
+  _, m = imf.imf_loss(net, x, eps, r=r, t=t, v_c=v_t, v_tilde=v_t, p=0.0)
+  u, u_tgt = losses.meanflow_target(lambda z, r, t: net(z, r, t)[0], z, r, t, v_t)
+  meanflow = float(jnp.mean(jnp.sum(jnp.square(u - u_tgt), -1)))
+  assert float(m["u_loss"]) == pytest.approx(meanflow, rel=1e-5)
+  _, m_model = imf.imf_loss(net, x, eps, r=r, t=t, v_c=net(z, t, t)[1], v_tilde=v_t, p=0.0)
+  assert abs(float(m_model["u_loss"]) / meanflow - 1) > 0.01
+
+
 def test_imf_generation_takes_nfe_jumps_of_u():
   """`generate` is MeanFlow's sampler on the u head (the v head is ignored): at the exact
   Gaussian field 1 and 3 jumps equal `sampling.meanflow_sample`'s."""

@@ -91,6 +91,7 @@ def test_the_readme_points_command_is_refused_naming_the_fix():
     ("digits", {"objective": "imf", "guidance.kappa": 0.5}, "guidance.kappa",
      "objective = 'imf'"),
     ("toy", {"objective": "imf", "sample.t_min": 0.3}, "sample.t_min", "model.num_classes = 0"),
+    ("toy", {"imf.tangent": "target"}, "imf.tangent", "objective = 'meanflow'"),
     ("toy", {"optimizer.muon_lr": 0.05}, "optimizer.muon_lr", "optimizer.name = 'adamw'"),
 ])
 def test_a_set_key_that_the_run_does_not_read_is_an_error(base, values, key, decider):
@@ -99,6 +100,15 @@ def test_a_set_key_that_the_run_does_not_read_is_an_error(base, values, key, dec
     check(c, overrides=set(values))
   assert decider in str(info.value), str(info.value)
   assert "does not read it" in str(info.value)
+
+
+def test_imf_tangent_is_read_by_unconditional_imf_too():
+  """The tangent is a choice of every iMF run; the guidance draws only of conditional ones."""
+  c = override(toy.get_config(), {"objective": "imf", "imf.tangent": "target"})
+  check(c, overrides={"objective", "imf.tangent"})
+  c.imf.s_max = 3.0
+  with pytest.raises(ConfigError, match="imf.s_max"):
+    check(c, overrides={"objective", "imf.tangent", "imf.s_max"})
 
 
 def test_keys_the_file_set_for_a_choice_the_command_line_changed_are_not_errors():
@@ -202,6 +212,7 @@ def test_values_that_wreck_a_run_are_refused(values, key):
     ({"objective": "imf", "guidance.kappa": 0.0, "sample.t_min": 0.7, "sample.t_max": 0.6},
      "sample.t_min"),
     ({"objective": "imf", "guidance.kappa": 0.0, "imf.s_max": -1.0}, "imf.s_max"),
+    ({"objective": "imf", "guidance.kappa": 0.0, "imf.tangent": "v"}, "imf.tangent"),
     ({"model.prediction": "eps"}, "model.prediction"),
     ({"optimizer.name": "lion"}, "optimizer.name"),
 ])
@@ -295,6 +306,17 @@ def test_a_resume_that_changes_what_the_run_is_is_refused_unless_asked(five_step
   assert int(state.step) == 10
   assert json.load(open(tmp_path / "config.json"))[key.split(".")[0]] != json.loads(saved)[
       key.split(".")[0]]
+
+
+def test_a_resume_that_changes_imfs_draws_or_tangent_is_refused_unless_asked():
+  """iMF's section says what its target is, as loss.* and guidance.* do for MeanFlow."""
+  from meanflow_jax.training import loop
+  saved = tiny(objective="imf").to_dict()
+  for key, value in (("imf.tangent", "target"), ("imf.s_max", 3.0)):
+    changed = tiny(**{"objective": "imf", key: value})
+    with pytest.raises(CheckpointMismatchError, match=re.escape(key)):
+      loop._check_resume_meta({}, {}, 5, "w", changed, saved_config=saved)
+    loop._check_resume_meta({}, {}, 5, "w", changed, saved_config=saved, allow_changes=(key,))
 
 
 def test_a_resume_may_change_the_length_intervals_and_sampling(five_steps, tmp_path):

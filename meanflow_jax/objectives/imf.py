@@ -13,8 +13,13 @@ condition of the network: omega and the interval [t_min, t_max] are drawn per sa
 training time and chosen freely at sampling time.
 
 Registered as the objective "imf": the model is built with a v head and, when it is
-class-conditional, with the guidance conditions (omega, t_min, t_max).
+class-conditional, with the guidance conditions (omega, t_min, t_max). `imf.tangent`
+chooses the JVP's tangent for z (`TANGENTS`): the paper's "model" (v_c), or "target"
+(v~ itself, built on eps - x as MeanFlow's tangent is; then the V term of the loss is
+MeanFlow's loss at the target v~).
 """
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +54,20 @@ def robust_weighted_error(pred, target, p, c):
   same weighting as MeanFlow's `losses.adaptive_weight(e) * e`."""
   e = losses.squared_error(pred, target)
   return losses.adaptive_weight(e, p, c) * e
+
+
+class Tangent(NamedTuple):
+  """A choice of the JVP's tangent for z: `pick(v_c, v~)`; `needs_v_c`: whether it reads
+  the network's own velocity (an unconditional model then spends a pass on it)."""
+  pick: Callable
+  needs_v_c: bool
+
+
+# The network's guided velocity (the paper's: a low-variance estimate of the marginal
+# velocity once the v head has learnt it), or the target v~ (an unbiased one-sample
+# estimate from the first step on, as MeanFlow's eps - x is).
+TANGENTS = {"model": Tangent(lambda v_c, v_tilde: v_c, True),
+            "target": Tangent(lambda v_c, v_tilde: v_tilde, False)}
 
 
 def guided_velocity(v_t, v_c, v_u, omega, t, t_min, t_max, is_null=None):
@@ -210,7 +229,10 @@ class ImprovedMeanFlow(AverageVelocity):
     del y, guidance_cfg
     z = paths.interpolate(x, eps, t)
     v_t = paths.conditional_velocity(x, eps, t)
+    tangent = TANGENTS[imf_cfg.tangent]
     if not num_classes:
+      if not tangent.needs_v_c:  # v~ = v_t: no pass of the network needed
+        return cond, (v_t, v_t)
       # No guidance: v~ = v_t; the tangent is still the network's own velocity at h = 0,
       # needed on the r != t rows alone (zeros elsewhere: the loss reads none there).
       own = lambda c, z, t: (jax.lax.stop_gradient(net(z, t, t, c)[1]),)
@@ -227,7 +249,7 @@ class ImprovedMeanFlow(AverageVelocity):
     t_min, t_max = jnp.where(is_null, 0.0, t_min), jnp.where(is_null, 1.0, t_max)
     v_c, v_tilde = guided_target(net, z, t, v_t, cond["y"], omega, t_min, t_max, is_null,
                                  num_classes)
-    return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (v_c, v_tilde)
+    return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (tangent.pick(v_c, v_tilde), v_tilde)
 
   def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None, rows=None, cond=None):
     v_c, v_tilde = v

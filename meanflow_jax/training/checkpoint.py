@@ -33,7 +33,7 @@ SHAPE_KEYS = ("model.name", "model.variant", "model.num_classes", "model.predict
 # were trained with (data.source is derived from data.path).
 _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "prediction": "u",
                      "remat": False},
-           "imf": {"s_max": 7.0, "beta": 1.0},
+           "imf": {"s_max": 7.0, "beta": 1.0, "tangent": "model"},
            "time": {"subset_jvp": False},
            "loss": {"features": "", "features_weight": 1.0},
            "mesh": {"data": -1, "fsdp": 1},

@@ -190,11 +190,12 @@ def _check_resume_stats(saved, meta, start, workdir):
 
 
 # Config keys and sections that say what a run is (its data stream, times, loss, guided
-# target, optimiser, prior, matmul dtype): a resume that changed one would continue another
-# run under the old one's name, so only `allow_changes` lets it. The network's keys are
-# `checkpoint.SHAPE_KEYS`, checked as the state is restored; the length, the intervals,
-# sampling and the mesh may change.
-RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "optimizer", "prior", "model.dtype")
+# target and iMF's draws of it, optimiser, prior, matmul dtype): a resume that changed one
+# would continue another run under the old one's name, so only `allow_changes` lets it.
+# The network's keys are `checkpoint.SHAPE_KEYS`, checked as the state is restored; the
+# length, the intervals, sampling and the mesh may change.
+RUN_KEYS = ("seed", "data", "time", "loss", "guidance", "imf", "optimizer", "prior",
+            "model.dtype")
 # data.standardize is compared through the statistics it gives (`_check_resume_stats`),
 # which no flag overrides.
 _RESUME_CHECKED_ELSEWHERE = ("data.standardize",)

@@ -224,12 +224,15 @@ READ_WHEN = (
              "iMF draws omega and the interval per sample (imf.s_max, imf.beta) and takes "
              "them at sampling (sample.omega, sample.t_min, sample.t_max); leave guidance.* "
              "but label_dropout at the defaults"),
-    ReadWhen(("imf", "sample.omega", "sample.t_min", "sample.t_max"),
+    ReadWhen(("imf.s_max", "imf.beta", "sample.omega", "sample.t_min", "sample.t_max"),
              ("objective", "model.num_classes"),
              lambda c: _objective_reads(c, "imf") and c.model.num_classes > 0,
              "objective = 'imf' with a class-conditional model (guidance conditions)",
-             "set --config.objective=imf and model.num_classes, or leave imf.* and "
-             "sample.omega/t_min/t_max at the defaults"),
+             "set --config.objective=imf and model.num_classes, or leave imf.s_max, "
+             "imf.beta and sample.omega/t_min/t_max at the defaults"),
+    ReadWhen(("imf.tangent",), ("objective",), lambda c: _objective_reads(c, "imf"),
+             "objective = 'imf'", "set --config.objective=imf, or leave imf.tangent at "
+             "'model'"),
     ReadWhen(("optimizer.muon_lr",), ("optimizer.name",), lambda c: c.optimizer.name == "muon",
              "optimizer.name = 'muon'", "set --config.optimizer.name=muon, or leave "
              "optimizer.muon_lr at its default"),
@@ -357,6 +360,7 @@ def check_config(c, defaults=None, overrides=None):
   if c.data.source in PATH_SOURCES and not c.data.path:
     raise ConfigError(f"data.source = {c.data.source!r} reads data.path; it is empty.")
   _one_of("time.distribution", c.time.distribution, timesteps.DISTRIBUTIONS)
+  _one_of("imf.tangent", c.imf.tangent, sorted(objectives.imf.TANGENTS))
   _one_of("optimizer.name", c.optimizer.name, sorted(ts.OPTIMIZERS))
   _one_of("model.prediction", c.model.prediction, PREDICTIONS)
   _one_of("optimizer.schedule", c.optimizer.schedule, ("constant", "cosine"))
