@@ -62,9 +62,15 @@ def test_data_file_with_nans(tmp_path):
   assert_clean_error(proc, "non-finite", "first rows [4]")
 
 
-def test_train_outputs_and_resume(trained):
-  rows = open(trained / "metrics.jsonl").read().splitlines()
-  assert len(rows) == 2
+def test_train_outputs(trained):
+  assert len(open(trained / "metrics.jsonl").read().splitlines()) == 2  # log_every 5 of 10
+  assert (trained / "config.json").exists() and (trained / "checkpoints" / "10").is_dir()
+
+
+# Slow (a second process): resumes are exact in-process fast (test_training.py's
+# test_resume_is_exact, test_sigterm_saves_and_resume_matches_a_straight_run).
+@pytest.mark.slow
+def test_train_rerun_of_a_finished_run_adds_nothing(trained):
   proc = run("train.py", "--config", "configs/toy.py", "--workdir", str(trained),
              "--config.train.steps=10", *TINY)
   assert proc.returncode == 0 and len(open(trained / "metrics.jsonl").read().splitlines()) == 2

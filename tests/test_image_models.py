@@ -124,7 +124,9 @@ def test_label_and_times_change_the_output(name, tiny_variables):
   assert not np.allclose(base, u(jnp.zeros(3, jnp.int32), r=t))  # through t - r
 
 
-@pytest.mark.parametrize("name", ["mlp", "dit", "unet"])
+# The U-Net's float64 program is the costliest to compile (12 s): slow; its forward pass,
+# shapes and conditioning stay fast, and the JVP rule is the same for every network.
+@pytest.mark.parametrize("name", ["mlp", "dit", pytest.param("unet", marks=pytest.mark.slow)])
 def test_jvp_matches_central_differences_in_float64(name, tiny_variables):
   with jax.enable_x64(True):
     # The MLP has no dtype attribute: it computes in its params' dtype.

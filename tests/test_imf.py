@@ -256,6 +256,10 @@ def test_imf_generation_takes_nfe_jumps_of_u():
                                rtol=1e-6)
 
 
+# Slow (40 steps of a DiT): iMF's pieces are exact fast above (V = v at the exact field,
+# the targets per sample, the 2B pass), and its runs train, resume and sample through the
+# CLI fast (tests/test_imf_cli.py).
+@pytest.mark.slow
 def test_imf_steps_lower_the_loss_on_digits():
   """The loss of one fixed batch of real digits (same times, omega, intervals and labels
   dropped: the step counter is reset to draw them) falls after 40 iMF steps."""

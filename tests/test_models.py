@@ -31,6 +31,9 @@ def test_mlp_shapes_and_zero_output_at_init(num_classes):
   np.testing.assert_array_equal(out, 0.0)  # zero-initialised head
 
 
+# Slow: the same check in float64, conditional, is fast
+# (test_image_models.py::test_jvp_matches_central_differences_in_float64[mlp]).
+@pytest.mark.slow
 def test_mlp_jvp_matches_finite_differences():
   model = models.build("mlp", width=32, depth=2, time_dim=16, time_scale=1.0)
   k = jax.random.split(jax.random.key(2), 4)

@@ -219,6 +219,9 @@ def test_moment_matched_noise():
   np.testing.assert_allclose(flat.T @ flat / 100, jnp.eye(6), atol=1e-4)
 
 
+# Slow (the script in a process of its own): every column's closed form is checked on the
+# library's functions fast above; this checks the script's table and picture.
+@pytest.mark.slow
 def test_study_script_table_equals_closed_forms(tmp_path):
   out = tmp_path / "study"
   proc = subprocess.run(

@@ -186,6 +186,10 @@ def test_ema_count_change_is_a_mismatch(tmp_path):
     training.train(tiny_config(**{"train.ema_decays": (0.99, 0.999)}), str(tmp_path))
 
 
+# Slow (600 steps): MeanFlow's target, identity and loss are exact against closed forms
+# fast (test_objectives.py), and a tiny DiT learns digits with it fast
+# (test_image_models.py::test_tiny_models_learn_digits_with_the_meanflow_loss).
+@pytest.mark.slow
 def test_meanflow_learns_the_one_step_map_of_a_gaussian(tmp_path):
   """A few hundred steps bring 1-NFE samples close to the exact map of the same noise.
 

@@ -315,6 +315,10 @@ print(json.dumps({"devices": len(every), "mean": diff(m1, m8), "logvar": diff(l1
 """
 
 
+# Slow (8 fake devices in a process of its own): the 8-device split of the samplers is
+# fast (test_sharding.py::test_sampler_split_over_8_devices_equals_one_device), and the
+# VAE's outputs do not depend on the batch size (fast, above).
+@pytest.mark.slow
 def test_sharded_over_8_devices_equals_one_device():
   env = dict(xla.env(devices=8), JAX_PLATFORMS="cpu")
   run = subprocess.run([sys.executable, "-c", SHARDED, ROOT], capture_output=True, text=True,
