@@ -249,7 +249,8 @@ class ImprovedMeanFlow(AverageVelocity):
     t_min, t_max = jnp.where(is_null, 0.0, t_min), jnp.where(is_null, 1.0, t_max)
     v_c, v_tilde = guided_target(net, z, t, v_t, cond["y"], omega, t_min, t_max, is_null,
                                  num_classes)
-    return dict(cond, omega=omega, t_min=t_min, t_max=t_max), (tangent.pick(v_c, v_tilde), v_tilde)
+    cond = dict(cond, omega=omega, t_min=t_min, t_max=t_max)
+    return cond, (tangent.pick(v_c, v_tilde), v_tilde)
 
   def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None, rows=None, cond=None):
     v_c, v_tilde = v
