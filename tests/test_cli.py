@@ -138,10 +138,9 @@ def test_evaluate_writes_json_and_png(trained, evaluated):
 # numbers is a second evaluation of the same run.
 @pytest.mark.slow
 def test_evaluate_script_reports_what_the_library_computes(trained, evaluated):
-  rows = evaluated
   # The script reports what the library computes for the same run, noise and seed.
   direct = evaluate.evaluate_toy(str(trained), [1, 2], num=500).rows
-  for a, b in zip(rows, direct):
+  for a, b in zip(evaluated, direct):
     assert a.keys() == b.keys()
     assert a["sample_s"] > 0 and a["samples_per_s"] > 0
     for k in set(a) - {"sample_s", "samples_per_s"}:  # timings differ from run to run
