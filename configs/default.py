@@ -129,6 +129,8 @@ def get_config():
   c.loss = ml_collections.ConfigDict()
   c.loss.p = 1.0             # adaptive weight 1/(err + c)^p; 0 = plain squared error
   c.loss.c = 1e-3
+  c.loss.v_weight = 1.0      # iMF: weight of the v head's term (the paper: 1); 0 only where
+                             # nothing reads the v head (imf.tangent "target", no guidance)
   c.loss.features = ""       # extra term in a frozen network's features (pMF's perceptual
                              # loss): a name registered in objectives.features; "" none
   c.loss.features_weight = 1.0  # its weight (read when loss.features is set)

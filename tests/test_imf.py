@@ -244,6 +244,33 @@ def test_target_tangent_is_v_tilde_and_its_v_term_is_meanflows_loss():
   assert abs(float(m_model["u_loss"]) / meanflow - 1) > 0.01
 
 
+def test_v_weight_scales_the_v_heads_term_alone():
+  """loss.v_weight = lambda_v: loss = mean(u_term) + lambda_v mean(v_term) exactly, the
+  metrics unchanged; at 0 the v head gets no gradient, the u head the same as at 1."""
+  b = 64
+  x, eps, _, _ = _batch(jax.random.key(0), b)
+  t = jax.random.uniform(jax.random.key(1), (b,))
+  r = jnp.where(jnp.arange(b) % 2 == 0, t, t * 0.3)
+  v_t = eps - x
+
+  def net_of(a, c):  # u scaled by a, v shifted by c: one parameter per head
+    return lambda z, r, t: (GAUSS.average_velocity(z, r, t) * a, GAUSS.velocity(z, t) + c)
+
+  def loss(params, v_weight):
+    return imf.imf_loss(net_of(*params), x, eps, r=r, t=t, v_c=v_t, v_tilde=v_t, p=0.5,
+                        c=0.01, v_weight=v_weight)
+
+  params = (jnp.float32(1.3), jnp.float32(0.2))
+  (l1, m1), g1 = jax.value_and_grad(loss, has_aux=True)(params, 1.0)
+  for w in (0.0, 0.25):
+    (lw, mw), gw = jax.value_and_grad(loss, has_aux=True)(params, w)
+    assert float(lw) == pytest.approx(float(m1["u_loss"]) + w * float(m1["v_loss"]), rel=1e-6)
+    assert float(mw["v_loss"]) == pytest.approx(float(m1["v_loss"]), rel=1e-6)
+    assert float(gw[0]) == pytest.approx(float(g1[0]), rel=1e-6)  # u's gradient: V term only
+    assert float(gw[1]) == pytest.approx(w * float(g1[1]), rel=1e-6, abs=1e-12)
+  assert abs(float(g1[1])) > 1e-3 and abs(float(m1["u_loss"]) - float(l1)) > 1e-3
+
+
 def test_imf_generation_takes_nfe_jumps_of_u():
   """`generate` is MeanFlow's sampler on the u head (the v head is ignored): at the exact
   Gaussian field 1 and 3 jumps equal `sampling.meanflow_sample`'s."""

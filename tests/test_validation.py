@@ -92,6 +92,7 @@ def test_the_readme_points_command_is_refused_naming_the_fix():
      "objective = 'imf'"),
     ("toy", {"objective": "imf", "sample.t_min": 0.3}, "sample.t_min", "model.num_classes = 0"),
     ("toy", {"imf.tangent": "target"}, "imf.tangent", "objective = 'meanflow'"),
+    ("digits", {"loss.v_weight": 0.5}, "loss.v_weight", "objective = 'meanflow'"),
     ("toy", {"optimizer.muon_lr": 0.05}, "optimizer.muon_lr", "optimizer.name = 'adamw'"),
 ])
 def test_a_set_key_that_the_run_does_not_read_is_an_error(base, values, key, decider):
@@ -109,6 +110,24 @@ def test_imf_tangent_is_read_by_unconditional_imf_too():
   c.imf.s_max = 3.0
   with pytest.raises(ConfigError, match="imf.s_max"):
     check(c, overrides={"objective", "imf.tangent", "imf.s_max"})
+
+
+def test_a_v_weight_of_zero_is_refused_where_the_v_head_is_read():
+  """loss.v_weight = 0 leaves the v head untrained: refused where the run reads it (the
+  paper's tangent; guidance drawn above 1), taken where nothing does."""
+  base = {"objective": "imf", "guidance.kappa": 0.0, "loss.v_weight": 0.0}
+  for extra in ({}, {"imf.tangent": "target"}, {"imf.s_max": 0.0}):
+    c = override(digits.get_config(), dict(base, **extra))
+    with pytest.raises(ConfigError, match=r"loss.v_weight = 0 leaves the v head untrained"):
+      check(c, overrides=set(base) | set(extra))
+  ok = dict(base, **{"imf.tangent": "target", "imf.s_max": 0.0})
+  check(override(digits.get_config(), ok), overrides=set(ok))
+  with pytest.raises(ConfigError, match="v head untrained"):  # unconditional, model tangent
+    check(override(toy.get_config(), {"objective": "imf", "loss.v_weight": 0.0}),
+          overrides={"objective", "loss.v_weight"})
+  check(override(toy.get_config(), {"objective": "imf", "loss.v_weight": 0.0,
+                                    "imf.tangent": "target"}),
+        overrides={"objective", "loss.v_weight", "imf.tangent"})
 
 
 def test_keys_the_file_set_for_a_choice_the_command_line_changed_are_not_errors():
@@ -213,6 +232,7 @@ def test_values_that_wreck_a_run_are_refused(values, key):
      "sample.t_min"),
     ({"objective": "imf", "guidance.kappa": 0.0, "imf.s_max": -1.0}, "imf.s_max"),
     ({"objective": "imf", "guidance.kappa": 0.0, "imf.tangent": "v"}, "imf.tangent"),
+    ({"objective": "imf", "guidance.kappa": 0.0, "loss.v_weight": -0.5}, "loss.v_weight"),
     ({"model.prediction": "eps"}, "model.prediction"),
     ({"optimizer.name": "lion"}, "optimizer.name"),
 ])
@@ -312,7 +332,7 @@ def test_a_resume_that_changes_imfs_draws_or_tangent_is_refused_unless_asked():
   """iMF's section says what its target is, as loss.* and guidance.* do for MeanFlow."""
   from meanflow_jax.training import loop
   saved = tiny(objective="imf").to_dict()
-  for key, value in (("imf.tangent", "target"), ("imf.s_max", 3.0)):
+  for key, value in (("imf.tangent", "target"), ("imf.s_max", 3.0), ("loss.v_weight", 0.5)):
     changed = tiny(**{"objective": "imf", key: value})
     with pytest.raises(CheckpointMismatchError, match=re.escape(key)):
       loop._check_resume_meta({}, {}, 5, "w", changed, saved_config=saved)

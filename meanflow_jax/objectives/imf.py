@@ -70,6 +70,12 @@ TANGENTS = {"model": Tangent(lambda v_c, v_tilde: v_c, True),
             "target": Tangent(lambda v_c, v_tilde: v_tilde, False)}
 
 
+def reads_v_head(tangent, num_classes, s_max):
+  """Whether a run reads its v head while training: for the JVP's tangent ("model"), or
+  for the guided target v~ (a class-conditional model with omega drawn above 1)."""
+  return TANGENTS[tangent].needs_v_c or (bool(num_classes) and s_max > 0)
+
+
 def guided_velocity(v_t, v_c, v_u, omega, t, t_min, t_max, is_null=None):
   """v~ = v_t + (1 - 1/omega') (v_c - v_u), omega' = omega inside [t_min, t_max], else 1.
 
@@ -176,9 +182,10 @@ def compound_velocity_by_rows(net, z, r, t, v_c, rows, cond=None):
   return losses.by_rows(rows, cond, jvp_part, plain_part, z, r, t, v_c)
 
 
-def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None, rows=None,
-             cond=None):
-  """iMF loss  mean_b [ w(||V - sg(v~)||^2) + w(||v - sg(v~)||^2) ],  w(e) = e / sg(e + c)^p.
+def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, v_weight=1.0, extra=None,
+             rows=None, cond=None):
+  """iMF loss  mean_b [ w(||V - sg(v~)||^2) + lambda_v w(||v - sg(v~)||^2) ],
+  w(e) = e / sg(e + c)^p, lambda_v = `v_weight` (the paper: 1).
 
   Args:
     net: `net(z, r, t) -> (u, v)` (label and guidance conditions bound).
@@ -186,6 +193,7 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None, rows
     v_c: the JVP's tangent for z, the network's guided velocity `[B, ...]`.
     v_tilde: the regression target v~ `[B, ...]` (`guided_velocity`).
     p, c: the adaptive weight (the paper: p = 1, c = 0.01).
+    v_weight: lambda_v, the v head's share of the loss (`loss.v_weight`).
     extra: optional `extra(x_hat, x) -> [B]` added per sample at pMF's x field
       x_hat = z_t - t u (`objectives.features`).
     rows: None (the JVP on every row), or the batch's `timesteps.RowSplit`: the JVP on
@@ -207,7 +215,8 @@ def imf_loss(net, x, eps, *, r, t, v_c, v_tilde, p=1.0, c=0.01, extra=None, rows
   metrics = {"u_loss": jnp.mean(u_term), "v_loss": jnp.mean(v_term),
              "mse": jnp.mean(jnp.square(V - target)),
              "frac_r_neq_t": jnp.mean((r != t).astype(jnp.float32))}
-  loss = losses.mean_with_extra(u_term + v_term, losses.extra_term(extra, z, u, t, x), metrics)
+  loss = losses.mean_with_extra(u_term + v_weight * v_term, losses.extra_term(extra, z, u, t, x),
+                                metrics)
   return loss, metrics
 
 
@@ -219,7 +228,7 @@ class ImprovedMeanFlow(AverageVelocity):
   name = "imf"
   default_nfe = 1
   heads = ("u", "v")
-  reads = AverageVelocity.reads + ("imf", "sample.omega")
+  reads = AverageVelocity.reads + ("imf", "sample.omega", "loss.v_weight")
   conditions = ("omega", "t_min", "t_max")
 
   def targets(self, key, net, x, eps, *, t, r, y, is_null, cond, guidance_cfg, imf_cfg,
@@ -255,7 +264,7 @@ class ImprovedMeanFlow(AverageVelocity):
   def loss(self, net, x, eps, *, t, r, v, loss_cfg, extra=None, rows=None, cond=None):
     v_c, v_tilde = v
     return imf_loss(net, x, eps, r=r, t=t, v_c=v_c, v_tilde=v_tilde, p=loss_cfg.p, c=loss_cfg.c,
-                    extra=extra, rows=rows, cond=cond)
+                    v_weight=loss_cfg.v_weight, extra=extra, rows=rows, cond=cond)
 
   def average_velocity(self, net):
     return lambda z, r, t: net(z, r, t)[0]

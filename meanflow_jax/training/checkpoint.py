@@ -35,7 +35,7 @@ _LEGACY = {"model": {"variant": "", "num_classes": 0, "dtype": "float32", "predi
                      "remat": False},
            "imf": {"s_max": 7.0, "beta": 1.0, "tangent": "model"},
            "time": {"subset_jvp": False},
-           "loss": {"features": "", "features_weight": 1.0},
+           "loss": {"features": "", "features_weight": 1.0, "v_weight": 1.0},
            "mesh": {"data": -1, "fsdp": 1},
            "train": {"sample_every": 0, "sample_nfe": 0, "init_from": "", "prefetch": 0,
                      "stop_check_every": 1, "profile_steps": []},

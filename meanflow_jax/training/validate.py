@@ -89,7 +89,7 @@ def _mesh_axis(v):
 RANGES = (
     Range(("seed",), _at_least(0), ">= 0"),
     Range(("sample.omega",), _at_least(1.0), ">= 1 (1: no guidance)"),
-    Range(("imf.s_max", "imf.beta"), _at_least(0), "finite and >= 0"),
+    Range(("imf.s_max", "imf.beta", "loss.v_weight"), _at_least(0), "finite and >= 0"),
     Range(("optimizer.lr", "optimizer.muon_lr", "time.sigma", "loss.c", "data.mixture_std",
            "loss.features_weight",
            "data.latent_scale",
@@ -230,9 +230,10 @@ READ_WHEN = (
              "objective = 'imf' with a class-conditional model (guidance conditions)",
              "set --config.objective=imf and model.num_classes, or leave imf.s_max, "
              "imf.beta and sample.omega/t_min/t_max at the defaults"),
-    ReadWhen(("imf.tangent",), ("objective",), lambda c: _objective_reads(c, "imf"),
-             "objective = 'imf'", "set --config.objective=imf, or leave imf.tangent at "
-             "'model'"),
+    ReadWhen(("imf.tangent", "loss.v_weight"), ("objective",),
+             lambda c: _objective_reads(c, "imf"), "objective = 'imf'",
+             "set --config.objective=imf, or leave imf.tangent and loss.v_weight at their "
+             "defaults"),
     ReadWhen(("optimizer.muon_lr",), ("optimizer.name",), lambda c: c.optimizer.name == "muon",
              "optimizer.name = 'muon'", "set --config.optimizer.name=muon, or leave "
              "optimizer.muon_lr at its default"),
@@ -382,6 +383,11 @@ def check_config(c, defaults=None, overrides=None):
   if not 0.0 <= c.sample.t_min <= c.sample.t_max <= 1.0:
     raise ConfigError(f"need 0 <= sample.t_min <= sample.t_max <= 1; got "
                       f"[{c.sample.t_min}, {c.sample.t_max}].")
+  if (_objective_reads(c, "imf") and c.loss.v_weight == 0.0
+      and objectives.imf.reads_v_head(c.imf.tangent, c.model.num_classes, c.imf.s_max)):
+    raise ConfigError("loss.v_weight = 0 leaves the v head untrained, and this run reads it "
+                      "(imf.tangent 'model', or guidance with imf.s_max > 0): set loss.v_weight "
+                      "> 0, or imf.tangent=target with imf.s_max=0 (or an unconditional model).")
   if not 0.0 <= c.time.ratio_r_neq_t <= 1.0:
     raise ConfigError(f"time.ratio_r_neq_t must lie in [0, 1]; got {c.time.ratio_r_neq_t}.")
   if c.train.profile_steps and c.train.profile_steps[0] >= c.train.steps:
